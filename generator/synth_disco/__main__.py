@@ -1,0 +1,4 @@
+from synth_disco.cli import main
+
+if __name__ == "__main__":
+    main()
