@@ -1,0 +1,1 @@
+"""How one discussion unfolds: who speaks, what they see, how their reply is cleaned."""

@@ -1,0 +1,385 @@
+"""One discussion as a small state machine driven by the runner.
+
+The runner asks ``next_request()`` for the pending chat request (or None when the discussion is
+over) and hands the engine's answer to ``apply()``, which returns the journal records for it.
+All state changes go through ``absorb(record)``, so replaying a discussion's journal records
+rebuilds exactly the state the discussion had: resuming after a crash is replaying.
+
+Turn semantics:
+- ``discussion.turns`` counts participant comments; moderator comments come on top, except with
+  the ``as_participant`` policy, where the moderator is one of the speakers and its comments
+  count as turns.
+- ``every_k``: the moderator speaks after every k-th participant comment; ``after_each``: after
+  each; ``on_demand``: after each, the moderator is asked and may answer ``NO INTERVENTION``,
+  recorded as a ``no_intervention`` event, never as a comment. The discussion ends after the
+  last participant turn (a moderator does not close it).
+- An empty reply (after cleaning) is retried with a new seed derived from the turn and the
+  attempt, up to ``max_empty_retries``; then the turn is recorded as failed and the discussion
+  ends with status ``failed``. An engine error (e.g. prompt too long) fails it at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from synth_disco.discussion.cleaning import clean_reply, is_no_intervention
+from synth_disco.discussion.policies import Node, next_turn
+from synth_disco.discussion.prompts import (
+    NO_INTERVENTION,
+    Shown,
+    Speaker,
+    build_messages,
+    builtin_template,
+)
+from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
+from synth_disco.recipe import DiscussionConfig, ModelConfig
+from synth_disco.records import Comment, DiscussionSpec, Event
+from synth_disco.seeds import derive_seed
+
+
+def model_label(cfg: ModelConfig) -> str:
+    """The model as recorded in outputs: a hub id as is, a local path by its last part."""
+    model = cfg.model.rstrip("/")
+    if model.startswith(("/", ".", "~")) or "\\" in model:
+        return model.replace("\\", "/").split("/")[-1]
+    return model
+
+
+def sampling_params(cfg: ModelConfig) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        repetition_penalty=cfg.repetition_penalty,
+        stop=tuple(cfg.stop),
+    )
+
+
+def _persona_text(persona: str | dict[str, Any]) -> str:
+    if isinstance(persona, str):
+        return persona
+    return "; ".join(f"{k}: {v}" for k, v in persona.items())
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The turn the discussion is waiting for."""
+
+    key: str  # "t3" (participant turn 3) or "m3" (moderator after participant turn 3)
+    role: str  # "user" | "moderator"
+    speaker: str
+    parent_id: str
+    on_demand: bool
+
+
+class DiscussionState:
+    def __init__(self, spec: DiscussionSpec):
+        self.spec = spec
+        self.cfg = DiscussionConfig.model_validate(spec.config["discussion"])
+        models = {k: ModelConfig.model_validate(v) for k, v in spec.config["models"].items()}
+        self.model_name = self.cfg.model or next(iter(models))
+        mod = self.cfg.moderator
+        self.moderator_model_name = (mod.model if mod and mod.model else None) or self.model_name
+        self._models = models
+        self.participants = {p.name: p for p in spec.participants}
+        self.speakers = list(self.participants)
+        if mod is not None and mod.policy == "as_participant":
+            self.speakers.append(mod.name)
+        self._system_t = self.cfg.templates.system or builtin_template("system.j2")
+        self._turn_t = self.cfg.templates.turn or builtin_template("turn.j2")
+
+        self.comments: list[Comment] = []
+        self.events: list[Event] = []
+        self.user_turns = 0
+        self.mod_due = False
+        self.attempt = 0
+        self.round = 0
+        self.status = "running"
+        self.error: str | None = None
+        self._seed_comments()
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _seed_comments(self) -> None:
+        """The OP and seed comments, attributed to their real authors."""
+        parent = None
+        for i, c in enumerate(self.spec.post.comments):
+            cid = self._comment_id(i)
+            self.comments.append(
+                Comment(
+                    discussion_id=self.spec.discussion_id,
+                    comment_id=cid,
+                    index=i,
+                    parent_id=parent,
+                    author=c.author,
+                    role="op" if i == 0 else "seed",
+                    persona_id=None,
+                    variant=None,
+                    text=c.text,
+                    raw_text=c.text,
+                    model=None,
+                    finish_reason=None,
+                    attempts=0,
+                )
+            )
+            parent = cid
+        self.n_seed = len(self.comments)
+
+    def _comment_id(self, index: int) -> str:
+        return f"{self.spec.discussion_id}-c{index:03d}"
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def _slot(self) -> Slot | None:
+        mod = self.cfg.moderator
+        if self.user_turns >= self.cfg.turns:
+            return None
+        if self.mod_due and mod is not None:
+            return Slot(
+                key=f"m{self.user_turns}",
+                role="moderator",
+                speaker=mod.name,
+                parent_id=self.comments[-1].comment_id,
+                on_demand=mod.policy == "on_demand",
+            )
+        history = [Node(c.comment_id, c.author, c.parent_id) for c in self.comments]
+        turn = next_turn(
+            self.cfg.turn_taking, self.speakers, history, self.user_turns, self.spec.seed
+        )
+        role = "moderator" if mod is not None and turn.speaker == mod.name else "user"
+        return Slot(f"t{self.user_turns}", role, turn.speaker, turn.parent_id, False)
+
+    def _visible(self, parent_id: str) -> tuple[list[Comment], int]:
+        """The comments shown to the speaker beyond the OP and seeds, and how many were hidden."""
+        generated = self.comments[self.n_seed :]
+        if self.cfg.turn_taking.policy == "reply_tree":
+            by_id = {c.comment_id: c for c in self.comments}
+            path: list[Comment] = []
+            node = by_id.get(parent_id)
+            while node is not None and node.index >= self.n_seed:
+                path.append(node)
+                node = by_id.get(node.parent_id) if node.parent_id else None
+            generated = path[::-1]
+        window = self.cfg.context_window
+        shown = generated[-window:] if window else []
+        return shown, len(generated) - len(shown)
+
+    def next_request(self) -> ChatRequest | None:
+        if self.done:
+            return None
+        slot = self._slot()
+        if slot is None:
+            return None
+        mod = self.cfg.moderator
+        if slot.role == "moderator" and mod is not None:
+            speaker = Speaker(mod.name, "moderator", _persona_text(mod.persona), mod.instructions)
+            model_cfg = self._models[self.moderator_model_name]
+        else:
+            p = self.participants[slot.speaker]
+            speaker = Speaker(p.name, "user", p.persona.description, p.instructions)
+            model_cfg = self._models[self.model_name]
+        visible, omitted = self._visible(slot.parent_id)
+        parent = next(c for c in self.comments if c.comment_id == slot.parent_id)
+        post = self.spec.post
+        messages = build_messages(
+            system_template=self._system_t,
+            turn_template=self._turn_t,
+            context=self.cfg.context,
+            title=post.title,
+            op=Shown(post.op.author, "op", post.op.text),
+            seed_comments=[Shown(c.author, "seed", c.text) for c in post.comments[1:]],
+            visible=[Shown(c.author, c.role, c.text) for c in visible],
+            omitted=omitted,
+            speaker=speaker,
+            parent=Shown(parent.author, parent.role, parent.text),
+            on_demand=slot.on_demand,
+        )
+        seed = derive_seed(self.spec.seed, slot.key, self.attempt, self.round)
+        rid = f"{self.spec.discussion_id}/{slot.key}/{self.round}.{self.attempt}"
+        return ChatRequest(rid, messages, seed, sampling_params(model_cfg))
+
+    def model_config_for_next(self) -> ModelConfig:
+        """The model config that must answer the pending request."""
+        slot = self._slot()
+        moderator = slot is not None and slot.role == "moderator"
+        return self._models[self.moderator_model_name if moderator else self.model_name]
+
+    # -- applying answers ----------------------------------------------------------------------
+    def apply(self, completion: Completion) -> list[dict[str, Any]]:
+        """Turn the engine's answer into journal records, absorbing each as it is made."""
+        slot = self._slot()
+        assert slot is not None, "apply() without a pending request"
+        d = self.spec.discussion_id
+        records: list[dict[str, Any]] = []
+
+        def emit(record: dict[str, Any]) -> None:
+            records.append(record)
+            self.absorb(record)
+
+        if completion.finish_reason == "error":
+            reason = f"engine error on {slot.key}: {completion.error}"
+            emit(self._event_record(slot, "failed_turn", reason, completion.text))
+            emit({"t": "end", "d": d, "status": "failed", "error": reason})
+            return records
+        others = [s for s in self._all_names() if s != slot.speaker]
+        text = clean_reply(completion.text, slot.speaker, others)
+        if slot.on_demand and is_no_intervention(text, NO_INTERVENTION):
+            emit(self._event_record(slot, "no_intervention", "", completion.text))
+        elif not text:
+            if self.attempt + 1 > self.cfg.max_empty_retries:
+                reason = f"empty reply on {slot.key} after {self.attempt + 1} attempts"
+                emit(self._event_record(slot, "failed_turn", reason, completion.text))
+                emit({"t": "end", "d": d, "status": "failed", "error": reason})
+                return records
+            emit({"t": "retry", "d": d, "attempt": self.attempt + 1})
+        else:
+            emit(self._comment_record(slot, text, completion))
+        if self._slot() is None:
+            emit({"t": "end", "d": d, "status": "ok", "error": None})
+        return records
+
+    def settle(self) -> list[dict[str, Any]]:
+        """After a replay: the end record a crash may have cut off, if the talk is over."""
+        if self.done or self._slot() is not None:
+            return []
+        record = {"t": "end", "d": self.spec.discussion_id, "status": "ok", "error": None}
+        self.absorb(record)
+        return [record]
+
+    def _all_names(self) -> list[str]:
+        names = [*self.participants, *(c.author for c in self.comments[: self.n_seed])]
+        if self.cfg.moderator is not None:
+            names.append(self.cfg.moderator.name)
+        return list(dict.fromkeys(names))
+
+    def _comment_record(self, slot: Slot, text: str, c: Completion) -> dict[str, Any]:
+        index = len(self.comments)
+        p = self.participants.get(slot.speaker)
+        model = self._models[
+            self.moderator_model_name if slot.role == "moderator" else self.model_name
+        ]
+        comment = Comment(
+            discussion_id=self.spec.discussion_id,
+            comment_id=self._comment_id(index),
+            index=index,
+            parent_id=slot.parent_id,
+            author=slot.speaker,
+            role=slot.role,
+            persona_id=p.persona.id if p and slot.role == "user" else None,
+            variant=p.variant if p and slot.role == "user" else None,
+            text=text,
+            raw_text=c.text,
+            model=model_label(model),
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            finish_reason=c.finish_reason,
+            attempts=self.attempt + 1,
+        )
+        return {"t": "comment", "d": comment.discussion_id, "slot": slot.key, **comment.to_dict()}
+
+    def _event_record(self, slot: Slot, kind: str, detail: str, raw: str) -> dict[str, Any]:
+        event = Event(
+            discussion_id=self.spec.discussion_id,
+            index=len(self.comments),
+            kind=kind,
+            author=slot.speaker,
+            detail=detail,
+            raw_text=raw,
+        )
+        return {"t": "event", "d": event.discussion_id, "slot": slot.key, **event.to_dict()}
+
+    def absorb(self, record: dict[str, Any]) -> None:
+        """Apply one journal record to the state (used live and when replaying)."""
+        kind = record["t"]
+        if kind == "comment":
+            fields = {k: v for k, v in record.items() if k not in ("t", "d", "slot")}
+            self.comments.append(Comment(**fields))
+            self.attempt = 0
+            if record["slot"].startswith("t"):
+                self.user_turns += 1
+                self.mod_due = self._moderator_due()
+            else:
+                self.mod_due = False
+        elif kind == "event":
+            fields = {k: v for k, v in record.items() if k not in ("t", "d", "slot")}
+            self.events.append(Event(**fields))
+            if fields["kind"] == "no_intervention":
+                self.mod_due = False
+                self.attempt = 0
+        elif kind == "retry":
+            self.attempt = record["attempt"]
+        elif kind == "end":
+            self.status = record["status"]
+            self.error = record["error"]
+        elif kind == "reopen":
+            self.status = "running"
+            self.error = None
+            self.attempt = 0
+            self.round += 1
+        else:
+            raise ValueError(f"unknown journal record {kind!r}")
+
+    def _moderator_due(self) -> bool:
+        mod = self.cfg.moderator
+        if mod is None or mod.policy == "as_participant":
+            return False
+        if mod.policy == "every_k":
+            return self.user_turns % mod.k == 0
+        return True  # after_each, on_demand
+
+    # -- output rows ---------------------------------------------------------------------------
+    def discussion_row(self, factors: list[str]) -> dict[str, Any]:
+        spec = self.spec
+        model_cfg = self._models[self.model_name]
+        mod = self.cfg.moderator
+        generated = self.comments[self.n_seed :]
+        params = sampling_params(model_cfg)
+        return {
+            "discussion_id": spec.discussion_id,
+            "index": spec.index,
+            "cell_id": spec.cell_id,
+            **{f: spec.cell.get(f) for f in factors},
+            "replicate": spec.replicate,
+            "seed": spec.seed,
+            "post_id": spec.post.id,
+            "title": spec.post.title,
+            "op": spec.post.op.text,
+            "op_author": spec.post.op.author,
+            "seed_comments": [{"author": c.author, "text": c.text} for c in spec.post.comments[1:]],
+            "participants": [p.to_dict() for p in spec.participants],
+            "moderator": None
+            if mod is None
+            else {
+                "name": mod.name,
+                "policy": mod.policy,
+                "k": mod.k,
+                "instructions": mod.instructions if isinstance(mod.instructions, str) else "",
+                "model": model_label(self._models[self.moderator_model_name]),
+            },
+            "turn_taking": self.cfg.turn_taking.policy,
+            "turns": self.cfg.turns,
+            "context_window": self.cfg.context_window,
+            "model": model_label(model_cfg),
+            "model_revision": model_cfg.revision,
+            "generation": json.dumps(
+                {
+                    "max_new_tokens": params.max_new_tokens,
+                    "temperature": params.temperature,
+                    "top_p": params.top_p,
+                    "top_k": params.top_k,
+                    "repetition_penalty": params.repetition_penalty,
+                    "stop": list(params.stop),
+                },
+                sort_keys=True,
+            ),
+            "status": self.status,
+            "error": self.error,
+            "n_comments": len(self.comments),
+            "prompt_tokens": sum(c.prompt_tokens for c in generated),
+            "completion_tokens": sum(c.completion_tokens for c in generated),
+        }

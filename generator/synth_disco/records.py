@@ -1,0 +1,197 @@
+"""Plain records passed between the pipeline steps (personas, posts, specs, comments, labels).
+
+They are frozen dataclasses so that a record read back from a journal or a shard equals the
+one that was written, and ``to_dict`` gives the row that goes into parquet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A person a participant or annotator plays. ``fields`` keeps the source's attributes."""
+
+    id: str
+    name: str
+    description: str = ""
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "fields": [{"key": k, "value": v} for k, v in self.fields],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Persona:
+        return cls(
+            id=d["id"],
+            name=d["name"],
+            description=d.get("description", ""),
+            fields=tuple((f["key"], f["value"]) for f in d.get("fields", [])),
+        )
+
+
+@dataclass(frozen=True)
+class SeedComment:
+    """A comment that exists before the discussion starts (the OP or a seed reply)."""
+
+    author: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Post:
+    """An original post, optionally followed by seed comments: ``comments[0]`` is the OP."""
+
+    id: str
+    comments: tuple[SeedComment, ...]
+    title: str = ""
+
+    @property
+    def op(self) -> SeedComment:
+        return self.comments[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "comments": [{"author": c.author, "text": c.text} for c in self.comments],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Post:
+        return cls(
+            id=d["id"],
+            title=d.get("title", ""),
+            comments=tuple(SeedComment(c["author"], c["text"]) for c in d["comments"]),
+        )
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A user-agent in one discussion: its display name, persona and instruction variant."""
+
+    name: str
+    persona: Persona
+    variant: str
+    instructions: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "persona": self.persona.to_dict(),
+            "variant": self.variant,
+            "instructions": self.instructions,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Participant:
+        return cls(
+            name=d["name"],
+            persona=Persona.from_dict(d["persona"]),
+            variant=d["variant"],
+            instructions=d["instructions"],
+        )
+
+
+@dataclass(frozen=True)
+class DiscussionSpec:
+    """One planned discussion: everything needed to run it, independent of any other."""
+
+    discussion_id: str
+    index: int  # position in plan order
+    cell_id: str
+    cell: dict[str, str]  # factor -> level
+    replicate: int
+    seed: int
+    shard: int
+    post: Post
+    participants: tuple[Participant, ...]
+    config: dict[str, Any]  # the resolved recipe for this cell (factor patches applied)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["post"] = self.post.to_dict()
+        d["participants"] = [p.to_dict() for p in self.participants]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiscussionSpec:
+        return cls(
+            discussion_id=d["discussion_id"],
+            index=d["index"],
+            cell_id=d["cell_id"],
+            cell=dict(d["cell"]),
+            replicate=d["replicate"],
+            seed=d["seed"],
+            shard=d["shard"],
+            post=Post.from_dict(d["post"]),
+            participants=tuple(Participant.from_dict(p) for p in d["participants"]),
+            config=d["config"],
+        )
+
+
+@dataclass(frozen=True)
+class Comment:
+    """One comment of a discussion as written to the ``comments`` table."""
+
+    discussion_id: str
+    comment_id: str
+    index: int
+    parent_id: str | None
+    author: str
+    role: str  # "op" | "seed" | "user" | "moderator"
+    persona_id: str | None
+    variant: str | None
+    text: str
+    raw_text: str
+    model: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    attempts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in a discussion but is not a comment (e.g. moderator passed)."""
+
+    discussion_id: str
+    index: int  # the comment index at which it happened
+    kind: str  # "no_intervention" | "failed_turn"
+    author: str
+    detail: str = ""
+    raw_text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One label given by one annotator to one comment on one dimension."""
+
+    comment_id: str
+    discussion_id: str
+    annotator_id: str
+    annotator_persona: str
+    dimension: str
+    label: str | None
+    scores: dict[str, float] = field(default_factory=dict)
+    method: str = "score"
+    raw_text: str = ""
+    model: str = ""
+    status: str = "ok"  # "ok" | "failed"
+    attempts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

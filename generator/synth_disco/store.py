@@ -1,0 +1,326 @@
+"""The run directory: journals, shard files and their completion markers.
+
+Everything here is a plain file a person can inspect::
+
+    run.json                          name, version, fingerprint, created
+    recipe.yaml                       the resolved recipe, frozen
+    plan.parquet                      one row per planned discussion
+    journal/<stage>/shard-00003.jsonl append-only log of finished steps (fsync'd every step)
+    shards/<stage>/shard-00003.<table>.parquet   a finished shard's rows (atomic rename)
+    shards/<stage>/shard-00003.done.json         its checksums and counts: the shard is done
+    locks/<stage>-shard-00003.lock    held (flock) by the process working on that shard
+    logs/run.log
+
+A shard is done exactly when its ``done.json`` exists; the marker is written last, after the
+parquet files are renamed into place, so a crash at any point leaves either a done shard or a
+journal to resume from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class StoreError(RuntimeError):
+    """The run directory cannot be used (unwritable, full, locked, or from another recipe)."""
+
+
+def _describe_os_error(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {path.name}: free space and re-run"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write to {path}: permission denied (choose another --out)"
+    return f"cannot write {path.name}: {exc.strerror or exc}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, table: pa.Table) -> str:
+    """Write ``table`` atomically and return the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        digest = sha256_file(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return digest
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Journal:
+    """An append-only JSON-lines log; ``sync`` makes everything appended so far durable."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open across steps)
+
+    def _repair(self) -> None:
+        """Drop a torn last line left by a crash in the middle of a write."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data[: data.rfind(b"\n") + 1]
+        with open(self.path, "r+b") as f:
+            f.truncate(len(keep))
+            os.fsync(f.fileno())
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.sync()
+            self._f.close()
+
+    @staticmethod
+    def read(path: Path) -> Iterator[dict[str, Any]]:
+        """Every complete record of a journal (a torn last line is skipped)."""
+        if not path.exists():
+            return
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    break
+
+
+@dataclass
+class ShardInfo:
+    """The contents of a shard's ``done.json``."""
+
+    stage: str
+    shard: int
+    files: dict[str, str]  # table -> sha256
+    counts: dict[str, int]
+    members: list[str]  # the discussion ids the shard covers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "shard": self.shard,
+            "files": self.files,
+            "counts": self.counts,
+            "members": self.members,
+        }
+
+
+class RunStore:
+    """Reads and writes one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- layout ------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.parquet"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "logs" / "run.log"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    def journal_path(self, stage: str, shard: int) -> Path:
+        return self.root / "journal" / stage / f"shard-{shard:05d}.jsonl"
+
+    def shard_path(self, stage: str, shard: int, table: str) -> Path:
+        return self.root / "shards" / stage / f"shard-{shard:05d}.{table}.parquet"
+
+    def done_path(self, stage: str, shard: int) -> Path:
+        return self.root / "shards" / stage / f"shard-{shard:05d}.done.json"
+
+    # -- run metadata --------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Fail early, with a clear message, when the run directory cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-probe"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(_describe_os_error(exc, self.root)) from exc
+
+    def read_run(self) -> dict[str, Any] | None:
+        if not self.run_json.exists():
+            return None
+        return json.loads(self.run_json.read_text(encoding="utf-8"))
+
+    def write_run(self, info: dict[str, Any]) -> None:
+        self.write_text(self.run_json, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def write_text(self, path: Path, text: str) -> None:
+        try:
+            atomic_write_text(path, text)
+        except OSError as exc:
+            raise StoreError(_describe_os_error(exc, path)) from exc
+
+    # -- shards --------------------------------------------------------------------------------
+    def journal(self, stage: str, shard: int) -> Journal:
+        try:
+            return Journal(self.journal_path(stage, shard))
+        except OSError as exc:
+            raise StoreError(_describe_os_error(exc, self.journal_path(stage, shard))) from exc
+
+    def read_journal(self, stage: str, shard: int) -> Iterator[dict[str, Any]]:
+        return Journal.read(self.journal_path(stage, shard))
+
+    def shard_info(self, stage: str, shard: int) -> ShardInfo | None:
+        path = self.done_path(stage, shard)
+        if not path.exists():
+            return None
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return ShardInfo(d["stage"], d["shard"], d["files"], d["counts"], d.get("members", []))
+
+    def is_done(self, stage: str, shard: int, members: list[str] | None = None) -> bool:
+        info = self.shard_info(stage, shard)
+        if info is None:
+            return False
+        return members is None or info.members == members
+
+    def finish_shard(
+        self,
+        stage: str,
+        shard: int,
+        tables: dict[str, pa.Table],
+        counts: dict[str, int],
+        members: list[str],
+    ) -> ShardInfo:
+        """Write a shard's tables atomically, then its done marker (last: it commits the shard)."""
+        files: dict[str, str] = {}
+        try:
+            for name, table in tables.items():
+                files[name] = atomic_write_parquet(self.shard_path(stage, shard, name), table)
+            info = ShardInfo(stage, shard, files, counts, members)
+            atomic_write_text(
+                self.done_path(stage, shard), json.dumps(info.to_dict(), indent=1) + "\n"
+            )
+        except OSError as exc:
+            raise StoreError(_describe_os_error(exc, self.shard_path(stage, shard, "*"))) from exc
+        return info
+
+    def reopen_shard(self, stage: str, shard: int) -> None:
+        """Mark a done shard as in progress again (to extend it or retry its failures)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.done_path(stage, shard).unlink()
+
+    def read_shard(self, stage: str, shard: int, table: str) -> pa.Table:
+        return pq.read_table(self.shard_path(stage, shard, table))
+
+    def shard_files(self, stage: str, table: str) -> list[Path]:
+        """Finished shard files of one table, in shard order."""
+        folder = self.root / "shards" / stage
+        if not folder.exists():
+            return []
+        done = sorted(folder.glob("shard-*.done.json"))
+        out = []
+        for marker in done:
+            shard = int(marker.name.split(".")[0].split("-")[1])
+            path = self.shard_path(stage, shard, table)
+            if path.exists():
+                out.append(path)
+        return out
+
+    def done_shards(self, stage: str) -> list[ShardInfo]:
+        folder = self.root / "shards" / stage
+        if not folder.exists():
+            return []
+        infos = []
+        for marker in sorted(folder.glob("shard-*.done.json")):
+            shard = int(marker.name.split(".")[0].split("-")[1])
+            info = self.shard_info(stage, shard)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    @contextlib.contextmanager
+    def lock_shard(self, stage: str, shard: int) -> Iterator[bool]:
+        """Hold an exclusive lock on a shard; yields False when another process holds it."""
+        path = self.root / "locks" / f"{stage}-shard-{shard:05d}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)

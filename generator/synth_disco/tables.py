@@ -1,0 +1,131 @@
+"""Column types of every table synth-disco writes, in one place.
+
+The run store writes shards with these schemas and the dataset step turns them into
+``datasets.Features``; keeping them here means a shard written today assembles tomorrow.
+Factor columns are per recipe, so the discussions schema is built from the factor names.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PERSONA = pa.struct(
+    [
+        ("id", pa.string()),
+        ("name", pa.string()),
+        ("description", pa.string()),
+        ("fields", pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))),
+    ]
+)
+
+PARTICIPANT = pa.struct(
+    [
+        ("name", pa.string()),
+        ("persona", PERSONA),
+        ("variant", pa.string()),
+        ("instructions", pa.string()),
+    ]
+)
+
+SEED_COMMENT = pa.struct([("author", pa.string()), ("text", pa.string())])
+
+MODERATOR = pa.struct(
+    [
+        ("name", pa.string()),
+        ("policy", pa.string()),
+        ("k", pa.int32()),
+        ("instructions", pa.string()),
+        ("model", pa.string()),
+    ]
+)
+
+
+def discussions_schema(factors: list[str]) -> pa.Schema:
+    """One row per discussion; one string column per factor, named after it."""
+    return pa.schema(
+        [
+            ("discussion_id", pa.string()),
+            ("index", pa.int64()),
+            ("cell_id", pa.string()),
+            *[(f, pa.string()) for f in factors],
+            ("replicate", pa.int32()),
+            ("seed", pa.int64()),
+            ("post_id", pa.string()),
+            ("title", pa.string()),
+            ("op", pa.string()),
+            ("op_author", pa.string()),
+            ("seed_comments", pa.list_(SEED_COMMENT)),
+            ("participants", pa.list_(PARTICIPANT)),
+            ("moderator", MODERATOR),
+            ("turn_taking", pa.string()),
+            ("turns", pa.int32()),
+            ("context_window", pa.int32()),
+            ("model", pa.string()),
+            ("model_revision", pa.string()),
+            ("generation", pa.string()),  # decoding parameters, as compact JSON for the card
+            ("status", pa.string()),  # "ok" | "failed"
+            ("error", pa.string()),
+            ("n_comments", pa.int32()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+        ]
+    )
+
+
+COMMENTS = pa.schema(
+    [
+        ("discussion_id", pa.string()),
+        ("comment_id", pa.string()),
+        ("index", pa.int32()),
+        ("parent_id", pa.string()),
+        ("author", pa.string()),
+        ("role", pa.string()),
+        ("persona_id", pa.string()),
+        ("variant", pa.string()),
+        ("text", pa.string()),
+        ("raw_text", pa.string()),
+        ("model", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+        ("attempts", pa.int32()),
+    ]
+)
+
+EVENTS = pa.schema(
+    [
+        ("discussion_id", pa.string()),
+        ("index", pa.int32()),
+        ("kind", pa.string()),
+        ("author", pa.string()),
+        ("detail", pa.string()),
+        ("raw_text", pa.string()),
+    ]
+)
+
+ANNOTATIONS = pa.schema(
+    [
+        ("comment_id", pa.string()),
+        ("discussion_id", pa.string()),
+        ("annotator_id", pa.string()),
+        ("annotator_persona", pa.string()),
+        ("dimension", pa.string()),
+        ("label", pa.string()),
+        ("scores", pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))),
+        ("method", pa.string()),
+        ("raw_text", pa.string()),
+        ("model", pa.string()),
+        ("status", pa.string()),
+        ("attempts", pa.int32()),
+    ]
+)
+
+PERSONAS = pa.schema(
+    [
+        ("pool", pa.string()),
+        ("id", pa.string()),
+        ("name", pa.string()),
+        ("description", pa.string()),
+        ("fields", PERSONA.field("fields").type),
+    ]
+)
