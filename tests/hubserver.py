@@ -4,7 +4,8 @@ No test machine reaches the Hub, so `push` and `load_dataset(repo, revision=tag)
 this in-memory stand-in. It speaks the subset of the Hub's HTTP API that huggingface_hub and
 datasets use (see shared/reference/hub-http-api.md): repos, refs, commits (ndjson), the legacy
 LFS upload path (Xet must be disabled in the client), tree listings and `resolve` downloads with
-ranges. Standard library only, apart from PyYAML (a project dependency) for card validation.
+ranges. The server is standard library only, apart from PyYAML (a project dependency) for card
+validation. ``patch_clients`` / ``client_env`` point huggingface_hub and datasets at a server.
 
 Tokens: ``BAD_TOKEN`` gets 401 everywhere, ``READONLY_TOKEN`` gets 403 on writes, any other
 token may read and write. Tests inject faults with ``fail_next(op, status)`` and hooks with
@@ -24,10 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+
+if TYPE_CHECKING:
+    import pytest
 
 WRITE_TOKEN = "hf_test_write"
 READONLY_TOKEN = "hf_test_readonly"
@@ -74,7 +79,9 @@ def git_blob_oid(data: bytes) -> str:
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
     """The git-lfs pointer text stored in git in place of an LFS file."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
 
 
 def _now() -> str:
@@ -137,11 +144,18 @@ class _Fault:
 class HttpError(Exception):
     """An HTTP error answer: status, message and optional X-Error-Code."""
 
-    def __init__(self, status: int, message: str, error_code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_code: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_code = error_code
+        self.extra = dict(extra or {})  # more fields for the JSON body
 
 
 class HubState:
@@ -171,7 +185,9 @@ class HubState:
         # Like the Hub: a fresh repo has one commit holding .gitattributes.
         entry = self.store_regular(GITATTRIBUTES)
         sha = self._new_sha(None, {".gitattributes": entry}, "initial commit")
-        repo.commits[sha] = Commit(sha, None, {".gitattributes": entry}, "initial commit", "", _now())
+        repo.commits[sha] = Commit(
+            sha, None, {".gitattributes": entry}, "initial commit", "", _now()
+        )
         repo.branches["main"] = sha
         return repo
 
@@ -225,9 +241,7 @@ class HubState:
 
         def view(commit: Commit) -> dict[str, str]:
             prefix = path.rstrip("/") + "/"
-            return {
-                p: e.oid for p, e in commit.files.items() if p == path or p.startswith(prefix)
-            }
+            return {p: e.oid for p, e in commit.files.items() if p == path or p.startswith(prefix)}
 
         commit = repo.commits[sha]
         while commit.parent is not None:
@@ -244,7 +258,9 @@ def _tree_entry(
     files = repo.commits[sha].files
     if is_dir:
         prefix = path + "/"
-        listing = "".join(f"{p}:{e.oid}\n" for p, e in sorted(files.items()) if p.startswith(prefix))
+        listing = "".join(
+            f"{p}:{e.oid}\n" for p, e in sorted(files.items()) if p.startswith(prefix)
+        )
         out: dict[str, Any] = {
             "type": "directory",
             "oid": hashlib.sha1(listing.encode()).hexdigest(),
@@ -343,7 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             self._send(err.status, headers=headers, length=0)
         else:
-            self._json({"error": err.message}, err.status, headers)
+            self._json({**err.extra, "error": err.message}, err.status, headers)
 
     def _handle(self) -> None:
         hub = self.server.hub
@@ -458,7 +474,12 @@ class _Handler(BaseHTTPRequestHandler):
             sub = "/".join(unquote(s) for s in rest[2:]).strip("/")
             flags = {k: v[0].lower() in ("1", "true") for k, v in query.items()}
             return self._tree(
-                repo_type, repo_id, arg, sub, flags.get("recursive", False), flags.get("expand", False)
+                repo_type,
+                repo_id,
+                arg,
+                sub,
+                flags.get("recursive", False),
+                flags.get("expand", False),
             )
         if head == "paths-info" and method == "POST":
             form = parse_qs(body.decode())
@@ -484,7 +505,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "name": hub.user,
                 "fullname": hub.user,
                 "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": role}},
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": "test", "role": role},
+                },
             }
         )
 
@@ -494,10 +518,14 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         repo_id = f"{payload.get('organization') or hub.user}/{payload['name']}"
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
-        with hub.state.lock:
-            hub.state.create_repo(repo_type, repo_id, private)
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        self._json({"url": f"{hub.url}/{prefix}{repo_id}", "name": repo_id})
+        url = f"{hub.url}/{prefix}{repo_id}"
+        with hub.state.lock:
+            if (repo_type, repo_id) in hub.state.repos:
+                # The client reads "url" from the 409 body too (create_repo(exist_ok=True)).
+                raise HttpError(409, "You already created this repo", extra={"url": url})
+            hub.state.create_repo(repo_type, repo_id, private)
+        self._json({"url": url, "name": repo_id})
 
     def _delete_repo(self, payload: dict[str, Any]) -> None:
         hub = self.server.hub
@@ -997,7 +1025,9 @@ class HubServer:
         with self.state.lock:
             return self.state.get_repo(repo_type, repo_id).branches[branch]
 
-    def list_files(self, repo_id: str, revision: str = "main", repo_type: str = "dataset") -> list[str]:
+    def list_files(
+        self, repo_id: str, revision: str = "main", repo_type: str = "dataset"
+    ) -> list[str]:
         with self.state.lock:
             repo = self.state.get_repo(repo_type, repo_id)
             return sorted(repo.commits[self.state.resolve(repo, revision)].files)
@@ -1036,3 +1066,90 @@ class HubServer:
             sha = self.state.add_commit(repo, head, tree, message, "")
             repo.branches[branch] = sha
             return sha
+
+
+# -- pointing the clients at a server ------------------------------------------------------------
+
+
+def client_env(endpoint: str, home: Path, token: str | None = WRITE_TOKEN) -> dict[str, str]:
+    """Env vars for a subprocess whose huggingface_hub / datasets must use ``endpoint``.
+
+    Xet must be off: with it, uploads take the Xet path, which this stub does not serve.
+    """
+    env = {
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+    }
+    if token is not None:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def patch_clients(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path, token: str | None = WRITE_TOKEN
+) -> None:
+    """Point this process's huggingface_hub and datasets at ``endpoint`` (undone by monkeypatch).
+
+    Both libraries copy env vars into module constants at import, and other test files may have
+    imported them already, so the constants are patched as well as the env.
+    """
+    import datasets.config
+    import datasets.utils.tqdm
+    import huggingface_hub.constants as hf_constants
+    import huggingface_hub.hf_api
+    import huggingface_hub.utils.tqdm
+
+    for key, value in client_env(endpoint, home, token).items():
+        monkeypatch.setenv(key, value)  # for subprocesses and for code that reads env per call
+    for key in ("HF_TOKEN_PATH", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(key, raising=False)
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+
+    hub_cache = str(home / "hub")
+    hf_patches: dict[str, object] = {
+        "ENDPOINT": endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_DISABLE_XET": True,
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": hub_cache,
+        "HUGGINGFACE_HUB_CACHE": hub_cache,
+        "HF_TOKEN_PATH": str(home / "token"),  # no stored login unless a test writes one
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+    }
+    for name, value in hf_patches.items():
+        monkeypatch.setattr(hf_constants, name, value, raising=False)
+    # Module-level helpers (huggingface_hub.create_repo, ...) are bound to this instance.
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+
+    datasets_cache = home / "datasets"
+    ds_patches: dict[str, object] = {
+        "HF_ENDPOINT": endpoint,
+        "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_DATASETS_OFFLINE": False,
+        "HF_UPDATE_DOWNLOAD_COUNTS": False,
+        "HF_CACHE_HOME": str(home),
+        "HF_DATASETS_CACHE": datasets_cache,
+        "DOWNLOADED_DATASETS_PATH": datasets_cache / "downloads",
+        "EXTRACTED_DATASETS_PATH": datasets_cache / "downloads" / "extracted",
+    }
+    for name, value in ds_patches.items():
+        monkeypatch.setattr(datasets.config, name, value, raising=False)
+
+    # Progress bars also read their switch at import; quiet them so failures read well.
+    monkeypatch.setattr(
+        huggingface_hub.utils.tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", True, raising=False
+    )
+    monkeypatch.setattr(
+        datasets.utils.tqdm, "_hf_datasets_progress_bars_disabled", True, raising=False
+    )

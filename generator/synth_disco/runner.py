@@ -20,6 +20,7 @@ import pyarrow as pa
 from synth_disco import tables
 from synth_disco.discussion.state import DiscussionState
 from synth_disco.engines.base import ChatRequest, Engine
+from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe import ModelConfig
 from synth_disco.records import DiscussionSpec
@@ -249,6 +250,7 @@ class DiscussionRunner:
                 touched[work.shard] = work.journal
         for journal in touched.values():
             journal.sync()
+        crash_point("discuss.step")
 
 
 # The model settings that decide which weights are loaded (decoding settings travel per request).

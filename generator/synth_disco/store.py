@@ -33,6 +33,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synth_disco.faults import crash_point
+
 
 class StoreError(RuntimeError):
     """The run directory cannot be used (unwritable, full, locked, or from another recipe)."""
@@ -267,6 +269,7 @@ class RunStore:
         try:
             for name, table in tables.items():
                 files[name] = atomic_write_parquet(self.shard_path(stage, shard, name), table)
+                crash_point("shard.write")
             info = ShardInfo(stage, shard, files, counts, members)
             atomic_write_text(
                 self.done_path(stage, shard), json.dumps(info.to_dict(), indent=1) + "\n"

@@ -32,18 +32,21 @@ SYSTEM_TEMPLATE = """{{ base }}
 {%- endif %}"""
 
 USER_TEMPLATE = """\
-{%- if context %}Earlier comments in the discussion (context only, do not annotate these):
+{% if context -%}
+Earlier comments in the discussion (context only, do not annotate these):
 {% for c in context %}
 [{{ c.position }}] {{ c.author }}{{ c.role_note }}:
 {{ c.text }}
 {% endfor %}
-{% else %}The target comment has no earlier comments shown.
-{% endif %}
+{% else -%}
+No earlier comments are shown.
+
+{% endif -%}
 >>>>> TARGET COMMENT TO ANNOTATE: [{{ target.position }}] {{ target.author }}{{ target.role_note }} <<<<<
 {{ target.text }}
 >>>>> END OF TARGET COMMENT <<<<<
 
-You annotate as {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
+You are the annotator {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
 
 Dimension: {{ dimension.name }}
 {%- if dimension.instructions %}
@@ -129,8 +132,11 @@ class PromptBuilder:
         user = self._user.render(
             context=[view(c) for c in ctx],
             target=view(task.target),
-            annotator={"id": task.annotator.id, "name": task.annotator.name,
-                       "description": task.annotator.description.strip()},
+            annotator={
+                "id": task.annotator.id,
+                "name": task.annotator.name,
+                "description": task.annotator.description.strip(),
+            },
             dimension=self._dimensions[task.dimension],
             method=self.cfg.method,
             rationale=self.cfg.rationale,

@@ -18,18 +18,13 @@ import pyarrow as pa
 from synth_disco import tables
 from synth_disco.recipe import AnnotationConfig
 from synth_disco.records import Comment, Persona
+from synth_disco.seeds import derive_seed
 
 STAGE = "annotate"
 
 
 class AnnotationError(ValueError):
     """The annotation settings cannot be applied to these comments or annotators."""
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts; stable across machines and Python versions."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
 
 
 def task_id(comment_id: str, annotator_id: str, dimension: str) -> str:
@@ -45,6 +40,22 @@ class Task:
     context: tuple[Comment, ...]  # earlier comments of the same discussion, oldest first
     annotator: Persona
     dimension: str
+
+    @property
+    def key(self) -> str:
+        """A short hash of what the annotator is shown, so that a journal record made for
+        other content (a discussion re-run upstream) is never reused for this task."""
+        h = hashlib.sha256()
+        for part in (
+            self.id,
+            self.target.text,
+            *(f"{c.comment_id}\x1e{c.author}\x1e{c.text}" for c in self.context),
+            self.annotator.name,
+            self.annotator.description,
+        ):
+            h.update(part.encode("utf-8"))
+            h.update(b"\x1f")
+        return h.hexdigest()[:16]
 
 
 _COMMENT_DEFAULTS: dict[str, Any] = {

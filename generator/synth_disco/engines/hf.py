@@ -508,7 +508,9 @@ class TransformersEngine:
                 self._run_halving(batch, run, fail, padded)
         return [r for r in results if r is not None]
 
-    def _generation_config(self, max_new_tokens: int, repetition_penalty: float) -> GenerationConfig:
+    def _generation_config(
+        self, max_new_tokens: int, repetition_penalty: float
+    ) -> GenerationConfig:
         # Explicit values override the model's own generation config (which may ask for
         # sampling); unset ones such as suppress_tokens are still taken from it.
         return GenerationConfig(
@@ -517,7 +519,7 @@ class TransformersEngine:
             num_beams=1,
             temperature=1.0,
             top_p=1.0,
-            top_k=0,
+            top_k=50,  # the library default: any other value warns when not sampling
             repetition_penalty=repetition_penalty,
             eos_token_id=self._eos_ids or None,
             pad_token_id=self._pad_id,
@@ -631,7 +633,9 @@ class TransformersEngine:
                 if not req.labels:
                     raise ValueError("no labels to score")
                 prompt = self._encode(req.messages)
-                labels = [self.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in req.labels]
+                labels = [
+                    self.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in req.labels
+                ]
                 empty = [lab for lab, ids in zip(req.labels, labels, strict=True) if not ids]
                 if empty:
                     raise ValueError(f"label {empty[0]!r} encodes to no tokens")
@@ -667,9 +671,12 @@ class TransformersEngine:
                     logprobs[row.index][row.label] = lp
 
         def padded(batch: list[_ScoreRow]) -> int:
-            return len(batch) * max(len(r.prompt) + (len(r.label_ids) if r.label >= 0 else 0) for r in batch)
+            return len(batch) * max(
+                len(r.prompt) + (len(r.label_ids) if r.label >= 0 else 0) for r in batch
+            )
 
         for rows, run, extra in ((first_rows, run_first, False), (multi_rows, run_multi, True)):
+
             def length(r: _ScoreRow, extra=extra) -> int:
                 return len(r.prompt) + (len(r.label_ids) if extra else 0)
 
@@ -691,7 +698,11 @@ class TransformersEngine:
         kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keeps_logits else {}
         with torch.inference_mode():
             out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=False,
+                **kwargs,
             )
         return out.logits[:, -keep:, :].float()
 

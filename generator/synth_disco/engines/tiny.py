@@ -129,7 +129,7 @@ def _token_bias() -> list[float]:
         if ch.islower():
             bias[b] = 3.0
         elif ch == " ":
-            bias[b] = 3.5
+            bias[b] = 2.5
         elif ch.isupper():
             bias[b] = 0.5
         else:

@@ -1,0 +1,316 @@
+"""Shared pieces of the benchmarks: pinned environment, workload, tiny model, measuring, tables.
+
+Everything a fair comparison needs to keep identical between the systems being compared lives
+here, so both sides of every benchmark read it from one place: the thread and allocator
+environment (set before the interpreter starts, because glibc and OpenMP read it only then), the
+discussions (personas, posts, seeds), and the model files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+WORK_DIR = BENCH_DIR / "_work"  # gitignored: venvs, model copies, generated drivers, run dirs
+
+# glibc returns big freed blocks to the OS and re-faulting them costs seconds per new tensor
+# shape on these VMs (see the performance notes); these keep the heap mapped. The values are
+# the ones the notes measured with.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "17179869184",
+    "MALLOC_TRIM_THRESHOLD_": "17179869184",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+_PIN_MARK = "SYNTH_DISCO_BENCH_PINNED"
+
+
+def pinned_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with threads and allocator pinned."""
+    env = dict(os.environ if base is None else base)
+    env.update(MALLOC_ENV)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["TRANSFORMERS_VERBOSITY"] = "error"
+    env["HF_HUB_OFFLINE"] = "1"
+    env[_PIN_MARK] = str(threads)
+    return env
+
+
+def reexec_pinned(threads: int) -> None:
+    """Restart this script under :func:`pinned_env` unless it already runs under it.
+
+    The allocator and OpenMP read their settings once at start-up, so setting them from inside
+    a running interpreter would do nothing.
+    """
+    if os.environ.get(_PIN_MARK) == str(threads):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], pinned_env(threads))
+
+
+def set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    # One inter-op thread: both systems run their work from a single Python thread.
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats get a precision that suits their size."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:  # NaN: not measured
+                return "n/a"
+            if abs(v) >= 100:
+                return f"{v:,.0f}"
+            if abs(v) >= 10:
+                return f"{v:.1f}"
+            return f"{v:.2f}"
+        return str(v)
+
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+# -- machine and versions ----------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """What RESULTS.md records about where a number was measured (no host names or paths)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    for name in ("torch", "transformers"):
+        try:
+            mod = __import__(name)
+            info[name] = mod.__version__
+        except ImportError:
+            pass
+    return info
+
+
+# -- the workload ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Workload:
+    """N discussions x P participants x T turns (T comments per discussion, as both systems
+    count them: synth-disco's ``turns`` and SynDisco's ``conv_len``), each reply forced to
+    exactly ``new_tokens`` tokens."""
+
+    name: str
+    discussions: int
+    participants: int = 4
+    turns: int = 8
+    new_tokens: int = 32
+    context_window: int = 5
+    seed: int = 7
+
+    @property
+    def comments(self) -> int:
+        return self.discussions * self.turns
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CONTEXT = "An online forum where people discuss current affairs."
+INSTRUCTIONS = "Reply to the discussion in one or two sentences, in your own voice."
+_FIRST = "Alex Sam Maria Chen Priya Omar Lena Jonas Aiko Diego Fatima Noah Ivy Tariq Rosa Ben"
+_JOBS = "teacher nurse engineer farmer student chef lawyer driver artist retiree clerk coder"
+_TRAITS = "calm blunt curious sarcastic kind stubborn cheerful anxious witty formal".split()
+_TOPICS = [
+    ("Car-free city centres", "Should cities ban private cars from their centres?"),
+    ("Four-day week", "Would a four-day working week make us more productive or just tired?"),
+    ("Homework", "Is homework for primary school children worth it?"),
+    ("Remote work", "Remote work is killing office culture, and that is a good thing."),
+    ("Tipping", "Tipping should be abolished and wages raised instead."),
+    ("Nuclear power", "We cannot reach our climate targets without new nuclear plants."),
+    ("Social media age limit", "Nobody under sixteen should have a social media account."),
+    ("Public transport", "Public transport should be free for everyone."),
+]
+
+
+def make_discussions(w: Workload) -> list[dict[str, Any]]:
+    """The discussions of ``w`` as plain dicts (JSON-able, read by both systems' drivers).
+
+    Each has an id, a seed, a post (title, OP author and text) and P participants with a
+    persona dict. Deterministic in ``w.seed``.
+    """
+    rng = random.Random(w.seed)
+    first, jobs = _FIRST.split(), _JOBS.split()
+    out = []
+    for i in range(w.discussions):
+        title, op = _TOPICS[i % len(_TOPICS)]
+        names = rng.sample(first, w.participants)
+        participants = [
+            {
+                "name": name,
+                "persona": {
+                    "username": name,
+                    "age": str(rng.randint(18, 80)),
+                    "occupation": rng.choice(jobs),
+                    "personality": ", ".join(rng.sample(_TRAITS, 2)),
+                },
+            }
+            for name in names
+        ]
+        out.append(
+            {
+                "id": f"d{i:05d}",
+                "seed": rng.randrange(2**31),
+                "title": title,
+                "op_author": "OriginalPoster",
+                "op": op,
+                "participants": participants,
+            }
+        )
+    return out
+
+
+def persona_text(persona: dict[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in persona.items())
+
+
+def synth_disco_specs(w: Workload, model_config: dict[str, Any]) -> list[Any]:
+    """synth-disco ``DiscussionSpec`` objects for ``w`` (round robin, no moderator)."""
+    from synth_disco.records import DiscussionSpec, Participant, Persona, Post, SeedComment
+
+    specs = []
+    for i, d in enumerate(make_discussions(w)):
+        participants = tuple(
+            Participant(
+                name=p["name"],
+                persona=Persona(
+                    id=f"{d['id']}-p{j}",
+                    name=p["name"],
+                    description=persona_text(p["persona"]),
+                ),
+                variant="default",
+                instructions=INSTRUCTIONS,
+            )
+            for j, p in enumerate(d["participants"])
+        )
+        specs.append(
+            DiscussionSpec(
+                discussion_id=d["id"],
+                index=i,
+                cell_id="base",
+                cell={},
+                replicate=i,
+                seed=d["seed"],
+                shard=0,
+                post=Post(
+                    id=f"post{i % len(_TOPICS)}",
+                    comments=(SeedComment(d["op_author"], d["op"]),),
+                    title=d["title"],
+                ),
+                participants=participants,
+                config={
+                    "models": {"m": model_config},
+                    "discussion": {
+                        "turns": w.turns,
+                        "context_window": w.context_window,
+                        "context": CONTEXT,
+                        "turn_taking": {"policy": "round_robin"},
+                        "moderator": None,
+                    },
+                },
+            )
+        )
+    return specs
+
+
+# -- the model ---------------------------------------------------------------------------------
+def forced_length_tiny_model(dest: Path, seed: int = 0) -> Path:
+    """A copy of synth-disco's tiny model whose generation config suppresses end-of-sequence.
+
+    Both systems load these same files, and both call ``generate`` without overriding
+    ``suppress_tokens``, so the model's own generation config applies on both sides: every
+    reply runs to exactly ``max_new_tokens`` and both do the same number of decoding steps.
+    """
+    from synth_disco.engines.tiny import EOS_ID, ensure_tiny_model, tiny_model_dir
+
+    marker = dest / "forced_length.json"
+    src = ensure_tiny_model(seed)
+    if marker.is_file() and json.loads(marker.read_text()).get("source") == tiny_model_dir(seed).name:
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    cfg_path = dest / "generation_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["suppress_tokens"] = sorted(set(cfg.get("suppress_tokens") or []) | {EOS_ID})
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    marker.write_text(json.dumps({"source": tiny_model_dir(seed).name, "suppressed": [EOS_ID]}))
+    return dest
+
+
+def run_json_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Run a driver that prints one JSON object as its last stdout line; return that object."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"no result from {cmd[:3]}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])

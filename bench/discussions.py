@@ -1,0 +1,226 @@
+"""Batched discussions vs one request at a time, on the same model object.
+
+The same discussions (same personas, posts, seeds, prompts built by ``DiscussionState``) run
+twice on one loaded ``TransformersEngine``:
+
+- synth-disco: the ``DiscussionRunner`` with a temporary run store (journals, parquet shards),
+  every active discussion's next turn in one batched engine call;
+- one at a time: each discussion alone, ``engine.generate([one request])`` per turn, which is
+  what a batch-size-1 system such as SynDisco does.
+
+The tiny model's generation config suppresses end-of-sequence (see ``common.py``), so every
+reply is exactly ``--new-tokens`` tokens on both sides. Greedy decoding, float32: the two sides
+must produce the same texts, which the benchmark checks and reports.
+
+    python bench/discussions.py                       # 64 x 4 participants x 8 turns x 32 tokens
+    python bench/discussions.py --profile prof.out    # cProfile of one batched run
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402 (after the path tweak that lets bench/ scripts share it)
+    WORK_DIR,
+    Timer,
+    Workload,
+    forced_length_tiny_model,
+    machine_info,
+    markdown_table,
+    median,
+    ratio,
+    reexec_pinned,
+    set_torch_threads,
+    synth_disco_specs,
+)
+
+
+def run_batched(specs: list[Any], engine: Any, max_concurrent: int) -> tuple[float, dict[str, list]]:
+    """All discussions through the runner; returns seconds and each discussion's comments."""
+    from synth_disco.runner import DiscussionRunner
+    from synth_disco.store import RunStore
+
+    with tempfile.TemporaryDirectory(prefix="bench-disc-") as tmp:
+        store = RunStore(Path(tmp))
+        runner = DiscussionRunner(
+            store, lambda shard: specs, lambda cfg: engine, [], max_concurrent=max_concurrent
+        )
+        with Timer() as t:
+            result = runner.run([0])
+        if result.failed:
+            raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
+        rows = store.read_shard("discuss", 0, "comments").to_pylist()
+    out: dict[str, list] = {}
+    for r in rows:
+        if r["role"] not in ("op", "seed"):
+            out.setdefault(r["discussion_id"], []).append((r["text"], r["completion_tokens"]))
+    return t.seconds, out
+
+
+def run_one_at_a_time(specs: list[Any], engine: Any) -> tuple[float, dict[str, list]]:
+    """Each discussion alone, one ``generate`` call per turn with a single request."""
+    from synth_disco.discussion.state import DiscussionState
+
+    out: dict[str, list] = {}
+    with Timer() as t:
+        for spec in specs:
+            state = DiscussionState(spec)
+            while not state.done:
+                request = state.next_request()
+                (completion,) = engine.generate([request])
+                state.apply(completion)
+            if state.status != "ok":
+                raise RuntimeError(f"{spec.discussion_id} failed: {state.error}")
+            out[spec.discussion_id] = [
+                (c.text, c.completion_tokens) for c in state.comments[state.n_seed :]
+            ]
+    return t.seconds, out
+
+
+def load_engine(threads: int, max_batch_size: int, max_batch_tokens: int | None) -> Any:
+    from synth_disco.engines.hf import TransformersEngine
+
+    set_torch_threads(threads)
+    path = forced_length_tiny_model(WORK_DIR / "tiny-forced")
+    return TransformersEngine(
+        str(path),
+        model_id="tiny",
+        dtype="float32",
+        device="cpu",
+        max_batch_size=max_batch_size,
+        max_batch_tokens=max_batch_tokens,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--discussions", type=int, default=64)
+    ap.add_argument("--participants", type=int, default=4)
+    ap.add_argument("--turns", type=int, default=8, help="comments per discussion")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--context-window", type=int, default=5)
+    ap.add_argument(
+        "--baseline-discussions",
+        type=int,
+        default=None,
+        help="run the one-at-a-time side on this many discussions and scale per comment "
+        "(default: all)",
+    )
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-concurrent", type=int, default=64)
+    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--max-batch-tokens", type=int, default=None)
+    ap.add_argument("--profile", type=Path, default=None, help="cProfile one batched run here")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    reexec_pinned(args.threads)
+    logging.getLogger("synth_disco").setLevel(logging.WARNING)
+    w = Workload(
+        "discussions",
+        args.discussions,
+        args.participants,
+        args.turns,
+        args.new_tokens,
+        args.context_window,
+    )
+    engine = load_engine(args.threads, args.max_batch_size, args.max_batch_tokens)
+    model_cfg = {"engine": "tiny", "model": "tiny", "max_new_tokens": w.new_tokens}
+    specs = synth_disco_specs(w, model_cfg)
+    nb = min(args.baseline_discussions or w.discussions, w.discussions)
+    alone_specs = specs[:nb]
+
+    # Warm-up: every code path once, so neither side pays first-call costs in its timings.
+    warm = synth_disco_specs(Workload("warm", 2, w.participants, 2, 4, w.context_window), model_cfg)
+    run_batched(warm, engine, args.max_concurrent)
+    run_one_at_a_time(warm[:1], engine)
+
+    batched_s: list[float] = []
+    alone_s: list[float] = []
+    batched = alone = {}
+    for rep in range(args.repeats):
+        # Interleave, alternating which side goes first, so drift in machine load hits both.
+        order = ("batched", "alone") if rep % 2 == 0 else ("alone", "batched")
+        for side in order:
+            if side == "batched":
+                secs, batched = run_batched(specs, engine, args.max_concurrent)
+                batched_s.append(secs)
+            else:
+                secs, alone = run_one_at_a_time(alone_specs, engine)
+                alone_s.append(secs)
+        print(f"rep {rep + 1}: batched {batched_s[-1]:.2f}s, one-at-a-time {alone_s[-1]:.2f}s",
+              file=sys.stderr)
+
+    if args.profile is not None:
+        prof = cProfile.Profile()
+        prof.enable()
+        run_batched(specs, engine, args.max_concurrent)
+        prof.disable()
+        prof.dump_stats(str(args.profile))
+
+    n_comments = sum(len(v) for v in batched.values())
+    n_alone = sum(len(v) for v in alone.values())
+    tokens = [n for v in batched.values() for _, n in v]
+    tokens_alone = [n for v in alone.values() for _, n in v]
+    same = sum(batched.get(d) == v for d, v in alone.items())
+    forced = all(n == w.new_tokens for n in tokens + tokens_alone)
+
+    b_rate = n_comments / median(batched_s)
+    a_rate = n_alone / median(alone_s)
+    rows = [
+        [
+            "synth-disco (DiscussionRunner, batched)",
+            w.discussions,
+            n_comments,
+            median(batched_s),
+            b_rate,
+            b_rate * w.new_tokens,
+            1.0,
+        ],
+        [
+            "one request at a time (same engine)",
+            nb,
+            n_alone,
+            median(alone_s),
+            a_rate,
+            a_rate * w.new_tokens,
+            ratio(a_rate, b_rate),
+        ],
+    ]
+    info = machine_info()
+    print(
+        f"workload: {w.discussions} discussions x {w.participants} participants x {w.turns} "
+        f"turns x {w.new_tokens} new tokens, context window {w.context_window}, tiny model, "
+        f"greedy, float32, {args.threads} threads, max_concurrent {args.max_concurrent}; "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg']}; "
+        f"torch {info.get('torch')}, transformers {info.get('transformers')}"
+    )
+    print()
+    print(
+        markdown_table(
+            ["system", "discussions", "comments", "seconds", "comments/s", "tokens/s", "vs batched"],
+            rows,
+        )
+    )
+    print()
+    print(f"speed-up (comments/s, batched / one at a time): {ratio(b_rate, a_rate):.1f}x")
+    print(f"every reply exactly {w.new_tokens} tokens: {'yes' if forced else 'NO'}")
+    print(f"identical texts (greedy): {same}/{len(alone)} discussions")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,424 @@
+"""The annotate stage: every task of a shard through the engine in batches, journaled.
+
+Per shard: build the tasks (deterministic order), replay the journal to skip finished ones,
+send the rest to the engine ``max_batch`` at a time (one ``score`` or ``generate`` call per
+batch), journal each finished task and fsync once per call, and when all are finished write
+the shard's ``annotations`` table and its done marker. A crash at any point loses at most the
+call in flight; re-running yields the same rows, without duplicates. Generated answers use a
+seed derived from (run seed, task id, attempt), so a resumed task repeats its text exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pyarrow as pa
+
+from synth_disco import tables
+from synth_disco.annotation.aggregate import write_aggregates
+from synth_disco.annotation.parse import parse_answer
+from synth_disco.annotation.prompts import PromptBuilder
+from synth_disco.annotation.tasks import STAGE, Task, build_tasks
+from synth_disco.engines.base import ChatRequest, SamplingParams, ScoreRequest
+from synth_disco.faults import crash_point
+from synth_disco.progress import Progress
+from synth_disco.recipe import AnnotationConfig
+from synth_disco.records import Persona
+from synth_disco.seeds import derive_seed
+from synth_disco.store import RunStore
+
+log = logging.getLogger("synth_disco")
+
+__all__ = [
+    "StageResult",
+    "annotation_row",
+    "default_generate_params",
+    "run_annotation_stage",
+    "write_aggregates",  # re-exported: the build runs the stage, then writes its aggregates
+]
+
+# Greedy decoding would repeat an unparseable answer exactly, so retries sample at least this
+# warm (each attempt with its own derived seed).
+RETRY_TEMPERATURE = 0.7
+# Prompt bytes bound the token count of byte-level and BPE tokenizers: below the model's
+# context by this margin, the exact (slower) token count is skipped.
+_CONTEXT_MARGIN = 256
+# Tokens kept free for the label when scoring.
+_SCORE_RESERVE = 16
+
+Comments = Callable[[int], pa.Table] | Mapping[int, pa.Table] | Sequence[pa.Table]
+ProgressLike = Progress | Callable[[int], None] | None
+
+
+@dataclass
+class StageResult:
+    """What one call of the stage did (field names follow the discussion runner's)."""
+
+    shards_done: int = 0  # finished by this call
+    shards_skipped: int = 0  # held by another process
+    shards_already: int = 0  # done before this call
+    tasks: int = 0  # labels finished by this call (ok or failed)
+    resumed: int = 0  # labels found finished in journals
+    failed: int = 0  # labels recorded as failed by this call
+    engine_calls: int = 0
+    seconds: float = 0.0
+    stopped: bool = False  # should_stop() ended the call early
+
+
+def default_generate_params(
+    cfg: AnnotationConfig, base: SamplingParams | None = None
+) -> SamplingParams:
+    """Decoding for the generate method: one short line, or room for a rationale if asked.
+
+    ``base`` carries the model's settings (temperature, top_p, ...); only the length and stop
+    strings are adapted to an annotation answer.
+    """
+    base = base or SamplingParams()
+    if cfg.rationale:
+        return replace(base, max_new_tokens=max(base.max_new_tokens, 96))
+    return replace(
+        base,
+        max_new_tokens=min(base.max_new_tokens, 24),
+        stop=tuple(dict.fromkeys((*base.stop, "\n"))),
+    )
+
+
+class _Caller:
+    """Turns (task, attempt) batches into one engine call and its outcomes."""
+
+    def __init__(
+        self,
+        cfg: AnnotationConfig,
+        prompts: PromptBuilder,
+        engine: Any,
+        seed: int,
+        params: SamplingParams,
+    ):
+        self.cfg = cfg
+        self.prompts = prompts
+        self.engine = engine
+        self.seed = seed
+        self.params = params
+        self.retry_params = (
+            params if params.temperature > 0 else replace(params, temperature=RETRY_TEMPERATURE)
+        )
+        self.max_context = _max_context(engine)
+
+    def messages(self, task: Task) -> list[dict[str, str]]:
+        """The task's messages; the oldest context comments are dropped when the model cannot
+        fit them (the target comment itself is never cut; if it alone is too long, the
+        engine reports an error and the task is recorded as failed)."""
+        msgs = self.prompts.messages(task)
+        if self.max_context is None:
+            return msgs
+        reserve = self.params.max_new_tokens if self.cfg.method == "generate" else _SCORE_RESERVE
+        budget = self.max_context - reserve
+        if sum(len(m["content"].encode()) for m in msgs) + _CONTEXT_MARGIN <= budget:
+            return msgs
+        context = list(task.context)
+        while context and self.engine.count_tokens(msgs) > budget:
+            context.pop(0)
+            msgs = self.prompts.messages(task, context)
+        return msgs
+
+    def call(self, batch: list[tuple[Task, int]]) -> list[dict[str, Any]]:
+        """One engine call; one outcome dict per (task, attempt), in order."""
+        if self.cfg.method == "score":
+            sreqs = [
+                ScoreRequest(
+                    id=t.id, messages=self.messages(t), labels=self.prompts.labels(t.dimension)
+                )
+                for t, _ in batch
+            ]
+            scores = self.engine.score(sreqs)
+            _check_ids(sreqs, scores)
+            return [self._score_outcome(t, r) for (t, _), r in zip(batch, scores, strict=True)]
+        greqs = [
+            ChatRequest(
+                id=t.id,
+                messages=self.messages(t),
+                seed=derive_seed(self.seed, STAGE, t.id, attempt),
+                params=self.params if attempt == 1 else self.retry_params,
+            )
+            for t, attempt in batch
+        ]
+        completions = self.engine.generate(greqs)
+        _check_ids(greqs, completions)
+        return [self._generate_outcome(t, c) for (t, _), c in zip(batch, completions, strict=True)]
+
+    def _score_outcome(self, task: Task, res: Any) -> dict[str, Any]:
+        labels = self.prompts.labels(task.dimension)
+        probs = [float(p) for p in res.probs] if res.error is None else []
+        if res.error is not None or len(probs) != len(labels) or not sum(probs) > 0:
+            why = res.error or f"engine returned {len(probs)} scores for {len(labels)} labels"
+            return {"ok": False, "raw": "", "error": why}
+        total = sum(probs)
+        probs = [p / total for p in probs]  # exact normalisation over the label set
+        best = max(range(len(probs)), key=probs.__getitem__)  # first of ties
+        return {
+            "ok": True,
+            "label": labels[best],
+            "scores": [[lab, p] for lab, p in zip(labels, probs, strict=True)],
+            "raw": "",
+        }
+
+    def _generate_outcome(self, task: Task, comp: Any) -> dict[str, Any]:
+        if comp.finish_reason == "error":
+            return {"ok": False, "raw": comp.text or "", "error": comp.error or "engine error"}
+        labels = self.prompts.labels(task.dimension)
+        parsed = parse_answer(comp.text, labels, task.dimension)
+        if not parsed.ok:
+            return {"ok": False, "raw": comp.text, "error": parsed.error}
+        scores = [[lab, 1.0 if lab == parsed.label else 0.0] for lab in labels]
+        return {"ok": True, "label": parsed.label, "scores": scores, "raw": comp.text}
+
+
+def _max_context(engine: Any) -> int | None:
+    if not hasattr(engine, "count_tokens"):
+        return None
+    try:
+        value = engine.max_context
+    except Exception:  # an engine that cannot tell (e.g. a remote endpoint): let it judge
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _check_ids(reqs: Sequence[Any], results: Sequence[Any]) -> None:
+    if len(results) != len(reqs) or any(r.id != q.id for r, q in zip(results, reqs, strict=False)):
+        raise RuntimeError("the engine returned results that do not match its requests")
+
+
+def _journal_record(
+    task: Task, outcome: dict[str, Any], attempt: int, method: str
+) -> dict[str, Any]:
+    return {
+        "task": task.id,
+        "key": task.key,
+        "status": "ok" if outcome["ok"] else "failed",
+        "label": outcome.get("label"),
+        "scores": outcome.get("scores", []),
+        "raw": outcome.get("raw", ""),
+        "error": outcome.get("error"),
+        "attempts": attempt,
+        "method": method,
+    }
+
+
+def annotation_row(task: Task, record: dict[str, Any], model_name: str) -> dict[str, Any]:
+    """The ``annotations`` table row of a finished task, from its journal record."""
+    raw = record.get("raw") or ""
+    if record["status"] != "ok" and not raw and record.get("error"):
+        raw = f"[error] {record['error']}"  # no text came back: keep why it failed
+    return {
+        "comment_id": task.target.comment_id,
+        "discussion_id": task.target.discussion_id,
+        "annotator_id": task.annotator.id,
+        "annotator_persona": task.annotator.description,
+        "dimension": task.dimension,
+        "label": record.get("label"),
+        "scores": [{"label": lab, "prob": float(p)} for lab, p in record.get("scores", [])],
+        "method": record.get("method", ""),
+        "raw_text": raw,
+        "model": model_name,
+        "status": record["status"],
+        "attempts": int(record.get("attempts", 1)),
+    }
+
+
+def _replay(store: RunStore, shard: int, tasks: list[Task]) -> dict[str, dict[str, Any]]:
+    """The journal's latest valid record per task (a retry's record supersedes a failure)."""
+    keys = {t.id: t.key for t in tasks}
+    records: dict[str, dict[str, Any]] = {}
+    for r in store.read_journal(STAGE, shard):
+        tid = r.get("task")
+        if tid in keys and r.get("key") == keys[tid]:
+            records[tid] = r
+    return records
+
+
+class _Tracker:
+    """Feeds a Progress object, a plain callback, or the log."""
+
+    def __init__(self, progress: ProgressLike):
+        self.callback = progress if callable(progress) else None
+        self.progress = progress if isinstance(progress, Progress) else None
+        if progress is None:
+            self.progress = Progress("annotate", 0, unit="labels")
+
+    def add_total(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.total += n
+
+    def update(self, done: int, failed: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.done += done
+            self.progress.items += done
+            self.progress.failed += failed
+            self.progress.tick()
+        if self.callback is not None and done:
+            self.callback(done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.tick(force=True)
+
+
+def run_annotation_stage(
+    store: RunStore,
+    comments_by_shard: Comments,
+    shards: list[int],
+    cfg: AnnotationConfig,
+    annotators: list[Persona],
+    engine: Any,
+    *,
+    model_name: str,
+    seed: int,
+    max_batch: int = 256,
+    progress: ProgressLike = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    params: SamplingParams | None = None,
+    prompts: PromptBuilder | None = None,
+    retry_failed: bool = False,
+) -> StageResult:
+    """Annotate every comment of ``shards``; see the module doc for the guarantees.
+
+    ``comments_by_shard`` gives a shard's ``comments`` table (a function, a mapping, or a
+    list indexed by shard number). ``progress`` is a :class:`Progress`, or a callback given
+    the number of labels just finished; None logs progress lines. ``params`` are the generate
+    method's decoding settings (default: the engine's ``default_params`` passed through
+    :func:`default_generate_params`); ``prompts``
+    overrides the templates; ``retry_failed`` reopens done shards with failed labels and asks
+    again for those.
+    """
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1")
+    start = time.perf_counter()
+    result = StageResult()
+    prompts = prompts or PromptBuilder(cfg)
+    if params is None:  # the model's own settings (temperature, ...), fitted to short answers
+        params = default_generate_params(cfg, getattr(engine, "default_params", None))
+    caller = _Caller(cfg, prompts, engine, seed, params)
+    tracker = _Tracker(progress)
+    try:
+        for shard in shards:
+            if should_stop():
+                result.stopped = True
+                break
+            table = (
+                comments_by_shard(shard)
+                if callable(comments_by_shard)
+                else comments_by_shard[shard]
+            )
+            tasks = build_tasks(table, cfg, annotators, seed)
+            members = list(dict.fromkeys(t.target.comment_id for t in tasks))
+            if _is_current(store, shard, members, retry_failed):
+                result.shards_already += 1
+                continue
+            with store.lock_shard(STAGE, shard) as held:
+                if not held:
+                    result.shards_skipped += 1
+                    continue
+                if _is_current(store, shard, members, retry_failed):  # done meanwhile
+                    result.shards_already += 1
+                    continue
+                store.reopen_shard(STAGE, shard)
+                if not _run_shard(
+                    store,
+                    shard,
+                    tasks,
+                    cfg,
+                    caller,
+                    max_batch,
+                    tracker,
+                    should_stop,
+                    retry_failed,
+                    result,
+                ):
+                    result.stopped = True
+                    break
+                _finish(store, shard, tasks, members, model_name)
+                result.shards_done += 1
+    finally:
+        tracker.close()
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def _is_current(store: RunStore, shard: int, members: list[str], retry_failed: bool) -> bool:
+    info = store.shard_info(STAGE, shard)
+    return (
+        info is not None
+        and info.members == members
+        and not (retry_failed and info.counts.get("failed", 0))
+    )
+
+
+def _run_shard(
+    store: RunStore,
+    shard: int,
+    tasks: list[Task],
+    cfg: AnnotationConfig,
+    caller: _Caller,
+    max_batch: int,
+    tracker: _Tracker,
+    should_stop: Callable[[], bool],
+    retry_failed: bool,
+    result: StageResult,
+) -> bool:
+    """Bring every task of the shard to a journal record; False when stopped first."""
+    records = _replay(store, shard, tasks)
+    if retry_failed:
+        records = {k: r for k, r in records.items() if r["status"] == "ok"}
+    tracker.add_total(len(tasks))
+    result.resumed += len(records)
+    tracker.update(len(records))
+    pending = deque((t, 1) for t in tasks if t.id not in records)
+    if not pending:
+        return True
+    journal = store.journal(STAGE, shard)
+    try:
+        while pending:
+            if should_stop():
+                return False
+            batch = [pending.popleft() for _ in range(min(max_batch, len(pending)))]
+            outcomes = caller.call(batch)
+            result.engine_calls += 1
+            finished = failed = 0
+            for (task, attempt), outcome in zip(batch, outcomes, strict=True):
+                if outcome["ok"] or attempt > cfg.max_retries:
+                    journal.append(_journal_record(task, outcome, attempt, cfg.method))
+                    finished += 1
+                    failed += not outcome["ok"]
+                else:
+                    pending.append((task, attempt + 1))
+            journal.sync()
+            crash_point("annotate.step")
+            result.tasks += finished
+            result.failed += failed
+            tracker.update(finished, failed)
+    finally:
+        journal.close()
+    return True
+
+
+def _finish(
+    store: RunStore, shard: int, tasks: list[Task], members: list[str], model_name: str
+) -> None:
+    records = _replay(store, shard, tasks)
+    rows = [annotation_row(t, records[t.id], model_name) for t in tasks]
+    table = pa.Table.from_pylist(rows, schema=tables.ANNOTATIONS)
+    n_failed = sum(r["status"] != "ok" for r in rows)
+    counts = {
+        "annotations": len(rows),
+        "ok": len(rows) - n_failed,
+        "failed": n_failed,
+        "comments": len(members),
+    }
+    crash_point("annotate.finish")
+    store.finish_shard(STAGE, shard, {"annotations": table}, counts, members=members)
+    log.debug("annotate shard %d: %d labels (%d failed)", shard, len(rows), n_failed)

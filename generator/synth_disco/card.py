@@ -1,0 +1,604 @@
+"""The dataset card: README.md with a YAML header the Hub and ``datasets`` read, and a body
+rendered from the Jinja template in ``dataset_cards/``.
+
+The generated body sits between ``CARD_BEGIN`` and ``CARD_END``; re-rendering replaces only that
+block and the YAML keys synth-disco writes, so text a person added around it survives. Everything
+the card says comes from the recipe, the manifest and the statistics computed at assembly, so
+``synth-disco card RUN_DIR`` re-renders it without re-reading the rows.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+import jinja2
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from .dataset import (
+    CONFIGS,
+    MANIFEST,
+    RECIPE_COPY,
+    AssembleError,
+    portable_model_id,
+    portable_recipe,
+    read_manifest,
+)
+from .figures import draw_figures
+from .recipe import FileRef, Recipe, SourceSpec
+from .store import atomic_write_text
+
+CARD_BEGIN = "<!-- synth-disco:begin -->"
+CARD_END = "<!-- synth-disco:end -->"
+TEMPLATE = "dataset_card.md.j2"
+# The Hub's size buckets, by number of rows (here: comments).
+SIZE_BUCKETS = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+)
+ROW_OF = {
+    "discussions": "discussion",
+    "comments": "comment (including the original post and seed comments)",
+    "annotations": "label (comment x annotator x dimension)",
+    "personas": "persona of a pool the run used",
+}
+COLUMN_DOCS = {
+    "discussion_id": "discussion id (join key)",
+    "index": "position in plan order / in the discussion",
+    "cell_id": "experiment cell (one combination of factor levels)",
+    "replicate": "replicate number within the cell",
+    "seed": "seed of this discussion (sampling and turn taking)",
+    "post_id": "id of the original post in the post source",
+    "title": "title of the original post",
+    "op": "text of the original post",
+    "op_author": "author of the original post",
+    "seed_comments": "comments that existed before generation started",
+    "participants": "the user agents: name, persona, instruction variant, instructions",
+    "moderator": "the moderator agent (null when none)",
+    "turn_taking": "turn-taking policy",
+    "turns": "number of generated turns requested",
+    "context_window": "number of previous comments shown to each speaker",
+    "model": "model that generated the row",
+    "model_revision": "resolved model revision (commit)",
+    "generation": "decoding parameters (JSON)",
+    "status": "ok or failed",
+    "error": "error message when failed",
+    "n_comments": "number of comments in the discussion",
+    "prompt_tokens": "prompt tokens",
+    "completion_tokens": "generated tokens",
+    "comment_id": "comment id (join key)",
+    "parent_id": "comment this one replies to",
+    "author": "display name of the speaker",
+    "role": "op, seed, user or moderator",
+    "persona_id": "persona the speaker plays",
+    "variant": "instruction variant of the speaker",
+    "text": "the comment, cleaned of echoed prefixes and quotes",
+    "raw_text": "the model output before cleaning",
+    "finish_reason": "stop, length, eos or error",
+    "attempts": "generation attempts (retries after empty outputs)",
+    "kind": "event kind",
+    "detail": "event detail",
+    "annotator_id": "annotator persona id",
+    "annotator_persona": "annotator persona description",
+    "dimension": "annotation dimension",
+    "label": "the label given",
+    "scores": "probability of each label (method score)",
+    "method": "score (label log-probabilities) or generate (parsed answer)",
+    "pool": "persona pool name in the recipe",
+    "id": "persona id",
+    "name": "persona name",
+    "description": "persona description",
+    "fields": "the source's other persona attributes, as key/value pairs",
+}
+METHOD_DOCS = {
+    "score": "each label's probability is read from the model in one forward pass and the most "
+    "likely label is kept",
+    "generate": "the model writes an answer that is parsed into a label",
+}
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n?---\s*\n", re.DOTALL)
+
+
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` bucket for ``n`` rows."""
+    for bound, name in SIZE_BUCKETS:
+        if n < bound:
+            return name
+    return "n>1T"
+
+
+def template_dir() -> Path:
+    """The folder holding the card templates: package data in a wheel, and (through the
+    package's ``dataset_cards`` link) the top-level ``dataset_cards/`` in a checkout."""
+    folder = importlib.resources.files("synth_disco") / "dataset_cards"
+    path = Path(str(folder))
+    if (path / TEMPLATE).is_file():
+        return path
+    checkout = Path(__file__).resolve().parents[2] / "dataset_cards"
+    if (checkout / TEMPLATE).is_file():
+        return checkout
+    raise FileNotFoundError(f"card template {TEMPLATE} not found (looked in {path.name}/)")
+
+
+# -- Jinja filters ---------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    """A value safe inside a markdown table cell."""
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def _fenced(text: Any, lang: str = "") -> str:
+    """``text`` in a code fence longer than any backtick run inside it."""
+    text = "" if text is None else str(text).rstrip("\n")
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
+def _environment(folder: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # markdown, not HTML; table cells go through the `cell` filter
+    )
+    env.filters["cell"] = _cell
+    env.filters["fenced"] = _fenced
+    return env
+
+
+# -- header ----------------------------------------------------------------------------------
+
+
+def _features_of(dataset_dir: Path, files: list[str]) -> datasets.Features:
+    return datasets.Features.from_arrow_schema(pq.read_schema(dataset_dir / files[0]))
+
+
+def card_header(
+    recipe: Recipe, manifest: Mapping[str, Any], features: Mapping[str, datasets.Features]
+) -> dict[str, Any]:
+    """The README's YAML header: what the Hub shows and what ``datasets`` loads configs from."""
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    tags = ["synthetic", "synth-disco"]
+    tags += [t for t in recipe.output.tags if t not in tags]
+    tasks = ["text-generation"] + (["text-classification"] if "annotations" in configs else [])
+    comments = manifest["counts"].get("comments", 0)
+    return {
+        "pretty_name": recipe.output.pretty_name or recipe.name,
+        "license": recipe.license,
+        "language": list(recipe.output.language),
+        "tags": tags,
+        "task_categories": tasks,
+        "size_categories": [size_category(comments)],
+        "configs": [
+            {
+                "config_name": c,
+                "data_files": [{"split": "train", "path": f"data/{c}/train-*"}],
+                **({"default": True} if c == "discussions" else {}),
+            }
+            for c in configs
+        ],
+        "dataset_info": [
+            {
+                "config_name": c,
+                "features": features[c]._to_yaml_list(),
+                "splits": [
+                    {
+                        "name": "train",
+                        "num_bytes": manifest["configs"][c]["num_bytes"],
+                        "num_examples": manifest["configs"][c]["num_examples"],
+                    }
+                ],
+                "download_size": manifest["configs"][c]["download_size"],
+                "dataset_size": manifest["configs"][c]["num_bytes"],
+            }
+            for c in configs
+        ],
+    }
+
+
+# -- merging with an existing README --------------------------------------------------------
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def merge_readme(existing: str | None, header: Mapping[str, Any], block: str) -> str:
+    """The README: ``header`` (plus keys and scalar list entries a person added) and ``block``
+    between the markers, with the existing text around the markers kept.
+
+    An existing README without markers is kept in full after the generated block.
+    """
+    meta: dict[str, Any] = dict(header)
+    before, after = "", ""
+    if existing and existing.strip():
+        match = _FRONT_MATTER.match(existing)
+        body = existing[match.end() :] if match else existing
+        old: Any = None
+        if match:
+            try:
+                old = yaml.safe_load(match.group(1))
+            except yaml.YAMLError:
+                old = None
+        for key, value in (old if isinstance(old, dict) else {}).items():
+            if key not in meta:
+                meta[key] = value
+            elif isinstance(meta[key], list) and isinstance(value, list):
+                if all(_is_scalar(v) for v in [*meta[key], *value]):
+                    meta[key] = meta[key] + [v for v in value if v not in meta[key]]
+        if CARD_BEGIN in body and CARD_END in body:
+            start = body.index(CARD_BEGIN)
+            before, after = body[:start], body[body.index(CARD_END, start) + len(CARD_END) :]
+        elif body.strip():
+            after = "\n\n" + body.strip() + "\n"
+    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100)
+    if not after:
+        after = "\n"
+    return f"---\n{head}---\n{before}{CARD_BEGIN}\n{block.strip()}\n{CARD_END}{after}"
+
+
+# -- context ---------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, FileRef):
+        return f"(read from {portable_model_id(value.file)})"
+    return str(value)
+
+
+def _type_name(feature: Any) -> str:
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    if isinstance(feature, datasets.List):
+        return f"list<{_type_name(feature.feature)}>"
+    if isinstance(feature, dict):
+        return "struct<" + ", ".join(feature) + ">"
+    return type(feature).__name__
+
+
+def _source_where(spec: SourceSpec) -> str:
+    if spec.inline is not None:
+        n = len(spec.inline)
+        where = f"inline in the recipe ({n} record{'s' if n != 1 else ''})"
+    elif spec.hub is not None:
+        extra = [f"split {spec.split}"]
+        if spec.config:
+            extra.insert(0, f"config {spec.config}")
+        if spec.revision:
+            extra.append(f"revision {spec.revision}")
+        where = f"Hub dataset `{spec.hub}` ({', '.join(extra)})"
+    else:
+        kind = "file" if spec.file is not None else "folder"
+        where = f"{kind} `{portable_model_id(spec.file or spec.dir or '')}`"
+    if spec.filter:
+        where += f", filtered by `{spec.filter}`"
+    return where
+
+
+def _pool_counts(dataset_dir: Path, manifest: Mapping[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rel in manifest["configs"].get("personas", {}).get("files", []):
+        column = pq.read_table(dataset_dir / rel, columns=["pool"])["pool"]
+        for item in pc.value_counts(column).to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts
+
+
+def _sources(recipe: Recipe, dataset_dir: Path, manifest: Mapping[str, Any], stats: Any) -> list:
+    pools = _pool_counts(dataset_dir, manifest)
+    used = {recipe.discussion.persona_pool: "participants"}
+    if recipe.annotation is not None:
+        used.setdefault(recipe.annotation.annotators.pool, "annotators")
+    rows = []
+    for pool, spec in recipe.personas.items():
+        role = used.get(pool, "not used")
+        rows.append(
+            {
+                "role": f"personas `{pool}` ({role})",
+                "where": _source_where(spec),
+                "license": spec.license or "not stated",
+                "sample": spec.sample or "all",
+                "rows": pools.get(pool, 0),
+            }
+        )
+    rows.append(
+        {
+            "role": "original posts",
+            "where": _source_where(recipe.posts),
+            "license": recipe.posts.license or "not stated",
+            "sample": recipe.posts.sample or "all",
+            "rows": stats["posts_used"],
+        }
+    )
+    return rows
+
+
+def _builtin_template(name: str) -> str | None:
+    path = importlib.resources.files("synth_disco") / "templates" / f"{name}.j2"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _prompts(recipe: Recipe) -> list[dict[str, str]]:
+    d = recipe.discussion
+    blocks = [
+        {"title": "Participant instructions", "text": _text(d.instructions), "lang": "text",
+         "note": "" if _text(d.instructions) else "None given."},
+    ]
+    if _text(d.context):
+        blocks.append({"title": "Discussion context", "text": _text(d.context), "lang": "text",
+                       "note": ""})
+    if d.moderator is not None:
+        m = d.moderator
+        persona = m.persona if isinstance(m.persona, str) else json.dumps(m.persona)
+        blocks.append(
+            {"title": f"Moderator `{m.name}`",
+             "note": f"Policy `{m.policy}`" + (f" (every {m.k} comments)" if m.policy == "every_k"
+                                                else "") + (f"; persona: {persona}" if persona else ""),
+             "text": _text(m.instructions), "lang": "text"}
+        )
+    elif any("moderator" in json.dumps(p) for levels in recipe.factors.values()
+             for p in levels.values()):
+        blocks.append({"title": "Moderator", "text": "", "lang": "",
+                       "note": "Set per factor level: see the patches under Experimental design."})
+    for key, title in (("system", "System prompt template"), ("turn", "Turn prompt template"),
+                       ("moderator_system", "Moderator system prompt template"),
+                       ("annotation", "Annotation prompt template")):
+        if key == "annotation" and recipe.annotation is None:
+            continue
+        custom = getattr(d.templates, key)
+        if custom is not None:
+            blocks.append({"title": title, "text": _text(custom), "lang": "jinja",
+                           "note": "Set by the recipe."})
+            continue
+        builtin = _builtin_template(key)
+        blocks.append({"title": title, "text": builtin or "", "lang": "jinja",
+                       "note": "synth-disco's built-in template" + (":" if builtin else ".")})
+    if recipe.annotation is not None and _text(recipe.annotation.instructions):
+        blocks.append({"title": "Annotator instructions",
+                       "text": _text(recipe.annotation.instructions), "lang": "text", "note": ""})
+    return blocks
+
+
+def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None) -> Any:
+    a = recipe.annotation
+    if a is None or not stats["annotations"]["total"]:
+        return None
+    model = recipe.model_for(a.model or recipe.discussion.model)
+    dims = []
+    for name, dim in a.dimensions.items():
+        counts = stats["annotations"]["labels"].get(name, {})
+        total = sum(counts.values())
+        labels = list(counts) or dim.labels
+        dims.append(
+            {
+                "name": name,
+                "level": dim.level,
+                "instructions": _text(dim.instructions),
+                "labels": [
+                    {"label": lab, "description": dim.descriptions.get(lab, ""),
+                     "count": counts.get(lab, 0),
+                     "share": counts.get(lab, 0) / total if total else 0.0}
+                    for lab in labels
+                ],
+                "agreement": (agreement or {}).get(name),
+            }
+        )
+    return {
+        "model": portable_model_id(model.model),
+        "pool": a.annotators.pool,
+        "per_comment": a.annotators.per_comment,
+        "method": a.method,
+        "method_doc": METHOD_DOCS.get(a.method, ""),
+        "context_window": a.context_window,
+        "dimensions": dims,
+    }
+
+
+def _generation(g: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in g.items() if v not in ([], None))
+
+
+def _citation(recipe: Recipe, repo: str, package_version: str) -> str:
+    if recipe.output.citation:
+        return recipe.output.citation.strip()
+    key = re.sub(r"[^A-Za-z0-9]+", "_", f"{recipe.name}_{recipe.version}").strip("_")
+    title = recipe.output.pretty_name or recipe.name
+    return (
+        f"@misc{{{key},\n"
+        f"  title = {{{{{title}}}: synthetic online discussions (version {recipe.version})}},\n"
+        f"  howpublished = {{\\url{{https://huggingface.co/datasets/{repo}}}}},\n"
+        f"  note = {{Generated with synth-disco {package_version} from the recipe "
+        f"{recipe.name}}}\n}}"
+    )
+
+
+def card_context(
+    dataset_dir: Path,
+    recipe: Recipe,
+    fingerprint: str,
+    stats: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    features: Mapping[str, datasets.Features],
+    figures: list[Any],
+    agreement: Mapping[str, Any] | None,
+    repo: str,
+) -> dict[str, Any]:
+    """Everything the template shows, already shaped into rows and strings."""
+    versions = manifest.get("versions", {})
+    package_version = versions.get("synth-disco") or "?"
+    d = recipe.discussion
+    configs = [
+        {
+            "name": c,
+            "row": ROW_OF[c],
+            "rows": manifest["configs"][c]["num_examples"],
+            "files": len(manifest["configs"][c]["files"]),
+            "columns": [
+                {"name": n, "type": _type_name(f),
+                 "doc": f"level of the factor `{n}`" if n in recipe.factors
+                 else COLUMN_DOCS.get(n, "")}
+                for n, f in features[c].items()
+            ],
+        }
+        for c in CONFIGS
+        if c in manifest["configs"]
+    ]
+    participants = d.participants if isinstance(d.participants, int) else (
+        f"{d.participants.min} to {d.participants.max}")
+    tt = d.turn_taking
+    turn_taking = tt.policy + {
+        "random_weighted": f" (p_respond {tt.p_respond})",
+        "reply_tree": f" (reply_to_op {tt.reply_to_op})",
+        "round_robin": " (random first speaker)" if tt.random_first else "",
+    }.get(tt.policy, "")
+    pd = stats["comments"]["per_discussion"]
+    by_level = [
+        {"factor": f, "level": lv, "discussions": s["discussions"], "comments": s["comments"],
+         "words": "" if s["words_per_comment"] is None else f"{s['words_per_comment']:.1f}"}
+        for f, levels in stats["by_level"].items()
+        for lv, s in levels.items()
+    ]
+    patches = yaml.safe_dump(
+        portable_recipe(json.loads(json.dumps(recipe.factors))), sort_keys=False,
+        allow_unicode=True, width=100,
+    ) if recipe.factors else ""
+    return {
+        "name": recipe.name,
+        "version": recipe.version,
+        "pretty_name": recipe.output.pretty_name or recipe.name,
+        "description": recipe.description.strip(),
+        "package_version": package_version,
+        "repo": repo,
+        "fingerprint": fingerprint,
+        "stats": stats,
+        "configs": configs,
+        "factors": [{"name": f, "levels": list(levels)} for f, levels in recipe.factors.items()],
+        "has_moderator": d.moderator is not None or "moderator" in patches,
+        "design": {
+            "mode": recipe.design.mode,
+            "replicates": recipe.replicates,
+            "seed": recipe.seed,
+            "cells": stats["cells"],
+            "patches": patches,
+            "participants": participants,
+            "turns": d.turns,
+            "turn_taking": turn_taking,
+            "context_window": d.context_window,
+            "persona_pool": d.persona_pool,
+        },
+        "models": [
+            {"key": k, "id": m["id"],
+             "revision": m["revision"] if isinstance(m["revision"], str)
+             else ", ".join(m["revision"] or []) or "latest at build time",
+             "engine": m["engine"], "dtype": m["dtype"], "generation": _generation(m["generation"])}
+            for k, m in manifest["models"].items()
+        ],
+        "prompts": _prompts(recipe),
+        "variants": [
+            {"name": k, "share": v.share, "instructions": _text(v.instructions)}
+            for k, v in d.variants.items()
+        ],
+        "sources": _sources(recipe, dataset_dir, manifest, stats),
+        "annotation": _annotation(recipe, stats, agreement),
+        "per_discussion": "n/a" if pd["mean"] is None
+        else f"{pd['mean']:.2f} / {pd['min']} / {pd['max']}",
+        "words_per_comment": "n/a" if stats["comments"]["words_per_comment"] is None
+        else f"{stats['comments']['words_per_comment']:.1f}",
+        "by_level": by_level,
+        "figures": figures,
+        "versions": sorted(versions.items()),
+        "citation": _citation(recipe, repo, package_version),
+    }
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def render_card(
+    dataset_dir: Path,
+    recipe: Recipe,
+    raw: Mapping[str, Any] | None,
+    fingerprint: str,
+    stats: Mapping[str, Any],
+    *,
+    manifest: Mapping[str, Any] | None = None,
+    agreement: Mapping[str, Any] | None = None,
+    existing_readme: str | None = None,
+    repo: str | None = None,
+    templates: Path | None = None,
+) -> Path:
+    """Write ``dataset_dir/README.md`` and its figures; returns the README's path.
+
+    ``manifest`` defaults to the folder's ``synth_disco/manifest.json``; ``existing_readme`` to
+    the folder's current README (its text outside the markers is kept). ``raw`` is accepted
+    for symmetry with ``assemble`` (the card shows the validated recipe).
+    """
+    del raw  # the validated recipe says everything the card shows
+    dataset_dir = Path(dataset_dir)
+    manifest = manifest if manifest is not None else read_manifest(dataset_dir)
+    readme = dataset_dir / "README.md"
+    if existing_readme is None and readme.exists():
+        existing_readme = readme.read_text(encoding="utf-8")
+    repo = repo or recipe.output.hub.repo or f"your-org/{recipe.name}"
+    features = {
+        c: _features_of(dataset_dir, manifest["configs"][c]["files"])
+        for c in CONFIGS
+        if c in manifest["configs"]
+    }
+    ordinal = (
+        {k: d.level == "ordinal" for k, d in recipe.annotation.dimensions.items()}
+        if recipe.annotation
+        else {}
+    )
+    figures = draw_figures(dataset_dir, stats, list(recipe.factors), ordinal)
+    context = card_context(
+        dataset_dir, recipe, fingerprint, stats, manifest, features, figures, agreement, repo
+    )
+    body = _environment(templates or template_dir()).get_template(TEMPLATE).render(**context)
+    header = card_header(recipe, manifest, features)
+    atomic_write_text(readme, merge_readme(existing_readme, header, body))
+    return readme
+
+
+def rerender_card(run_dir: Path, *, repo: str | None = None) -> Path:
+    """Re-render README.md and the figures of an assembled run (``run_dir`` or its
+    ``dataset/`` folder) from its recipe copy and manifest, without re-reading the rows."""
+    run_dir = Path(run_dir)
+    dataset_dir = run_dir if (run_dir / MANIFEST).exists() else run_dir / "dataset"
+    manifest = read_manifest(dataset_dir)
+    if "recipe" not in manifest or "stats" not in manifest:
+        raise AssembleError(f"{MANIFEST} is from an older synth-disco: re-assemble the run")
+    recipe = Recipe.model_validate(manifest["recipe"])
+    raw_path = dataset_dir / RECIPE_COPY
+    raw = yaml.safe_load(raw_path.read_text(encoding="utf-8")) if raw_path.exists() else None
+    return render_card(
+        dataset_dir,
+        recipe,
+        raw,
+        manifest["fingerprint"],
+        manifest["stats"],
+        manifest=manifest,
+        agreement=manifest.get("agreement"),
+        repo=repo or manifest.get("repo"),
+    )

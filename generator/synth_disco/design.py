@@ -1,0 +1,410 @@
+"""The experiment design: factors -> cells -> discussion specs, with seeds and shards.
+
+Plan order is replicate-major: discussion ``index = replicate * n_cells + cell_index``. So
+raising ``replicates`` only appends discussions; every earlier spec (id, seed, post,
+participants, variants, shard) stays exactly as it was, and a dataset can be extended.
+
+Matched design: a discussion's post and its participants depend on the recipe seed and the
+replicate only, not on the cell. Every cell of one replicate therefore discusses the same post
+with the same people (when the cells share a persona pool and participant count), which makes
+comparisons across conditions paired. Instruction variants (e.g. trolls) are drawn per
+discussion from its own seed.
+
+Nothing here touches a global RNG: every draw comes from ``random.Random(derive_seed(...))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synth_disco.errors import Problem, RecipeError
+from synth_disco.recipe import DesignConfig, Range, Recipe
+from synth_disco.recipe_load import DEFAULT_VARIANT, LoadedRecipe
+from synth_disco.records import DiscussionSpec, Participant, Persona, Post
+from synth_disco.sources import derive_seed
+
+PLAN_BATCH_ROWS = 8192
+
+
+def cell_id(levels: dict[str, str]) -> str:
+    """A short id that depends only on the factor levels (not on their order or position)."""
+    if not levels:
+        return "base"
+    key = json.dumps(sorted(levels.items()), ensure_ascii=False, separators=(",", ":"))
+    return "c" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def discussion_id(cell: str, replicate: int) -> str:
+    return f"{cell}-r{replicate:05d}"
+
+
+def select_cells(
+    factors: dict[str, list[str]], design: DesignConfig, seed: int
+) -> list[dict[str, str]]:
+    """The cells to run, in factorial order (last factor varies fastest).
+
+    ``full``: every combination. ``random``: a seeded subset of ``design.cells`` of them,
+    drawn without enumerating the full product (so very large factorials are fine).
+    """
+    names = list(factors)
+    sizes = [len(factors[f]) for f in names]
+    total = math.prod(sizes) if names else 1
+    if design.mode == "random" and design.cells is not None and design.cells < total:
+        rng = random.Random(derive_seed(seed, "design"))
+        picked = sorted(rng.sample(range(total), design.cells))
+    else:
+        picked = range(total)
+    out = []
+    for flat in picked:
+        levels: dict[str, str] = {}
+        rest = flat
+        for name, size in zip(reversed(names), reversed(sizes), strict=True):
+            rest, i = divmod(rest, size)
+            levels[name] = factors[name][i]
+        out.append({name: levels[name] for name in names})
+    return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experimental condition: its factor levels and its validated recipe."""
+
+    index: int
+    id: str
+    levels: dict[str, str]
+    recipe: Recipe
+    config: dict[str, Any]  # the recipe as JSON (defaults filled), without personas and posts
+    config_json: str
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """The design at a glance, with upper bounds on the work it takes."""
+
+    factors: dict[str, list[str]]
+    n_cells: int
+    n_full_factorial: int
+    replicates: int
+    n_discussions: int
+    participants: tuple[int, int]  # min, max per discussion
+    turns: int  # generated discussion turns, all discussions
+    discussion_calls: int
+    moderator_calls: int  # upper bound
+    annotation_calls: int  # upper bound
+    calls_with_retries: int  # upper bound if every call were retried as often as allowed
+    generated_tokens: int  # upper bound
+    n_shards: int
+    shard_size: int
+    fingerprint: str
+
+    @property
+    def llm_calls(self) -> int:
+        return self.discussion_calls + self.moderator_calls + self.annotation_calls
+
+    def lines(self) -> list[str]:
+        lo, hi = self.participants
+        factor_lines = [f"  {f}: {', '.join(levels)}" for f, levels in self.factors.items()]
+        cells = f"{self.n_cells:,}"
+        if self.n_cells != self.n_full_factorial:
+            cells += f" (random subset of {self.n_full_factorial:,})"
+        return [
+            "factors:" + ("" if factor_lines else " none"),
+            *factor_lines,
+            f"cells:                 {cells}",
+            f"replicates:            {self.replicates:,}",
+            f"discussions:           {self.n_discussions:,}",
+            f"participants each:     {lo}" + (f"-{hi}" if hi != lo else ""),
+            f"turns (total):         {self.turns:,}",
+            f"LLM calls (at most):   {self.llm_calls:,} ({self.discussion_calls:,} turns, "
+            f"{self.moderator_calls:,} moderator, {self.annotation_calls:,} annotation; "
+            f"{self.calls_with_retries:,} if every retry is used)",
+            f"generated tokens (at most): {self.generated_tokens:,}",
+            f"shards:                {self.n_shards:,} ({self.shard_size} discussions each)",
+            f"fingerprint:           {self.fingerprint[:12]}",
+        ]
+
+
+class Plan:
+    """The discussions a recipe asks for; specs are made on demand, in plan order."""
+
+    def __init__(self, loaded: LoadedRecipe) -> None:
+        self.loaded = loaded
+        recipe = loaded.recipe
+        self.recipe = recipe
+        self.seed = recipe.seed
+        self.factors = loaded.factor_levels()
+        self.cells: list[Cell] = []
+        for i, levels in enumerate(select_cells(self.factors, recipe.design, recipe.seed)):
+            try:
+                cell_recipe = loaded.cell_recipe(levels)
+            except Exception as e:  # only reachable past MAX_CELLS_CHECKED cells
+                where = ", ".join(f"{f}={v}" for f, v in levels.items())
+                raise RecipeError(
+                    [Problem(loaded.display_path, None, None, "factors", f"cell {where}: {e}")]
+                ) from None
+            config = cell_recipe.model_dump(mode="json", exclude={"personas", "posts"})
+            self.cells.append(
+                Cell(
+                    index=i,
+                    id=cell_id(levels),
+                    levels=levels,
+                    recipe=cell_recipe,
+                    config=config,
+                    config_json=json.dumps(
+                        config, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+                    ),
+                )
+            )
+        ids = [c.id for c in self.cells]
+        if len(set(ids)) != len(ids):  # 40-bit ids: only conceivable with ~1M cells
+            raise RecipeError(
+                [Problem(loaded.display_path, None, None, "factors", "two cells share an id")]
+            )
+        self._by_id = {c.id: c for c in self.cells}
+        self.replicates = recipe.replicates
+        self.shard_size = recipe.output.shard_size
+        self._posts: list[Post] = loaded.posts()
+        self._post_cycle: tuple[int, list[int]] = (-1, [])
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells)
+
+    @property
+    def n_discussions(self) -> int:
+        return self.n_cells * self.replicates
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_discussions // self.shard_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.loaded.fingerprint
+
+    def cell(self, cell_id: str) -> Cell:
+        return self._by_id[cell_id]
+
+    def shard_range(self, shard: int) -> range:
+        if not 0 <= shard < self.n_shards:
+            raise IndexError(f"shard {shard} out of range (0..{self.n_shards - 1})")
+        start = shard * self.shard_size
+        return range(start, min(start + self.shard_size, self.n_discussions))
+
+    # -- specs ------------------------------------------------------------------------------
+
+    def _post_index(self, replicate: int) -> int:
+        """Balanced: each run of ``len(posts)`` replicates uses every post once, in an order
+        shuffled per run, so no post is used twice before all were used once."""
+        n = len(self._posts)
+        run, pos = divmod(replicate, n)
+        if self._post_cycle[0] != run:
+            order = list(range(n))
+            random.Random(derive_seed(self.seed, "posts", run)).shuffle(order)
+            self._post_cycle = (run, order)
+        return self._post_cycle[1][pos]
+
+    def spec(self, index: int) -> DiscussionSpec:
+        """The discussion at plan position ``index``."""
+        if not 0 <= index < self.n_discussions:
+            raise IndexError(f"discussion {index} out of range (0..{self.n_discussions - 1})")
+        replicate, ci = divmod(index, self.n_cells)
+        cell = self.cells[ci]
+        did = discussion_id(cell.id, replicate)
+        seed = derive_seed(self.seed, did)
+        d = cell.recipe.discussion
+        pool: list[Persona] = self.loaded.personas(d.persona_pool)
+
+        # Who and what: from the replicate alone, so every cell of a replicate matches.
+        who = random.Random(derive_seed(self.seed, "replicate", replicate))
+        if isinstance(d.participants, Range):
+            k = who.randint(d.participants.min, d.participants.max)
+        else:
+            k = d.participants
+        chosen = who.sample(range(len(pool)), k)
+        post = self._posts[self._post_index(replicate)]
+
+        # Instruction variants: an independent draw per participant position.
+        draw = random.Random(derive_seed(seed, "variants"))
+        variants = [(name, v.share, v.instructions) for name, v in d.variants.items()]
+        participants = []
+        for i in chosen:
+            persona = pool[i]
+            name, text = DEFAULT_VARIANT, d.instructions
+            if variants:
+                u = draw.random()
+                acc = 0.0
+                for vname, share, vtext in variants:
+                    acc += share
+                    if u < acc:
+                        name, text = vname, vtext
+                        break
+            assert isinstance(text, str)  # the loader replaced file references by text
+            participants.append(Participant(persona.name, persona, name, text))
+
+        return DiscussionSpec(
+            discussion_id=did,
+            index=index,
+            cell_id=cell.id,
+            cell=dict(cell.levels),
+            replicate=replicate,
+            seed=seed,
+            shard=index // self.shard_size,
+            post=post,
+            participants=tuple(participants),
+            config=cell.config,  # shared by the cell's specs: treat as read-only
+        )
+
+    def iter_specs(self, start: int = 0, stop: int | None = None) -> Iterator[DiscussionSpec]:
+        """Specs in plan order, made one at a time (memory does not grow with the plan)."""
+        stop = self.n_discussions if stop is None else min(stop, self.n_discussions)
+        for index in range(start, stop):
+            yield self.spec(index)
+
+    def specs_for_shard(self, shard: int) -> list[DiscussionSpec]:
+        return [self.spec(i) for i in self.shard_range(shard)]
+
+    # -- summary ----------------------------------------------------------------------------
+
+    def summary(self) -> PlanSummary:
+        seeds_per_post = max((len(p.comments) for p in self._posts), default=1)
+        turns = disc_calls = mod_calls = ann_calls = retry_calls = tokens = 0
+        lo, hi = math.inf, 0
+        for cell in self.cells:
+            r = cell.recipe
+            d = r.discussion
+            reps = self.replicates
+            if isinstance(d.participants, Range):
+                lo, hi = min(lo, d.participants.min), max(hi, d.participants.max)
+            else:
+                lo, hi = min(lo, d.participants), max(hi, d.participants)
+            m = d.moderator
+            if m is None or m.policy == "as_participant":
+                n_mod = 0  # a moderator taking turns as a participant speaks within `turns`
+            elif m.policy == "every_k":
+                n_mod = d.turns // m.k
+            else:  # after_each, on_demand: at most once after every turn
+                n_mod = d.turns
+            main = r.model_for(d.model)
+            mod_model = r.model_for(m.model or d.model) if m is not None else main
+            n_ann = ann_tokens = 0
+            a = r.annotation
+            if a is not None:
+                comments = d.turns + (n_mod if a.include_moderator else 0)
+                comments += seeds_per_post if a.include_seed else 0
+                per = a.annotators.per_comment
+                if per == "all":
+                    per = len(self.loaded.personas(a.annotators.pool))
+                n_ann = comments * per * len(a.dimensions)
+                if a.method == "generate":
+                    ann_tokens = n_ann * r.model_for(a.model or d.model).max_new_tokens
+            turns += reps * d.turns
+            disc_calls += reps * d.turns
+            mod_calls += reps * n_mod
+            ann_calls += reps * n_ann
+            retries = 1 + d.max_empty_retries
+            ann_retries = 1 + (a.max_retries if a is not None and a.method == "generate" else 0)
+            retry_calls += reps * ((d.turns + n_mod) * retries + n_ann * ann_retries)
+            tokens += reps * (
+                d.turns * main.max_new_tokens + n_mod * mod_model.max_new_tokens + ann_tokens
+            )
+        return PlanSummary(
+            factors=self.factors,
+            n_cells=self.n_cells,
+            n_full_factorial=math.prod(len(v) for v in self.factors.values())
+            if self.factors
+            else 1,
+            replicates=self.replicates,
+            n_discussions=self.n_discussions,
+            participants=(int(lo) if self.cells else 0, hi),
+            turns=turns,
+            discussion_calls=disc_calls,
+            moderator_calls=mod_calls,
+            annotation_calls=ann_calls,
+            calls_with_retries=retry_calls,
+            generated_tokens=tokens,
+            n_shards=self.n_shards,
+            shard_size=self.shard_size,
+            fingerprint=self.fingerprint,
+        )
+
+
+def plan(loaded: LoadedRecipe) -> Plan:
+    """The plan of a loaded (validated) recipe."""
+    return Plan(loaded)
+
+
+# ---------------------------------------------------------------------------------------------
+# plan.parquet
+
+
+def plan_schema(factors: Sequence[str], fingerprint: str, recipe: Recipe) -> Any:
+    import pyarrow as pa
+
+    fields = [
+        pa.field("discussion_id", pa.string()),
+        pa.field("index", pa.int64()),
+        pa.field("cell_id", pa.string()),
+        *[pa.field(f, pa.string()) for f in factors],
+        pa.field("replicate", pa.int32()),
+        pa.field("seed", pa.int64()),
+        pa.field("shard", pa.int32()),
+        pa.field("post_id", pa.string()),
+        pa.field("participants", pa.list_(pa.string())),
+        pa.field("variants", pa.list_(pa.string())),
+        pa.field("n_participants", pa.int32()),
+        pa.field("config_json", pa.string()),
+    ]
+    meta = {
+        "synth_disco.fingerprint": fingerprint,
+        "synth_disco.recipe": recipe.name,
+        "synth_disco.recipe_version": recipe.version,
+    }
+    return pa.schema(fields, metadata=meta)
+
+
+def write_plan(plan: Plan, path: str | Path, batch_rows: int = PLAN_BATCH_ROWS) -> Path:
+    """Write one row per discussion to ``path`` (parquet), streaming in batches; the file
+    appears only when complete (written to a temporary name, then renamed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    factors = list(plan.factors)
+    schema = plan_schema(factors, plan.fingerprint, plan.recipe)
+    names = schema.names
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for start in range(0, plan.n_discussions, batch_rows):
+                cols: dict[str, list[Any]] = {n: [] for n in names}
+                for s in plan.iter_specs(start, start + batch_rows):
+                    cols["discussion_id"].append(s.discussion_id)
+                    cols["index"].append(s.index)
+                    cols["cell_id"].append(s.cell_id)
+                    for f in factors:
+                        cols[f].append(s.cell[f])
+                    cols["replicate"].append(s.replicate)
+                    cols["seed"].append(s.seed)
+                    cols["shard"].append(s.shard)
+                    cols["post_id"].append(s.post.id)
+                    cols["participants"].append([p.persona.id for p in s.participants])
+                    cols["variants"].append([p.variant for p in s.participants])
+                    cols["n_participants"].append(len(s.participants))
+                    cols["config_json"].append(plan.cell(s.cell_id).config_json)
+                writer.write_batch(pa.record_batch([cols[n] for n in names], schema=schema))
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -1,0 +1,341 @@
+"""The build executor: plan -> discuss -> annotate -> assemble (-> push), resumable.
+
+Steps are separate modules that do one thing each; this module only decides which step runs,
+in which process, on which shards, and what happens when the run directory already exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from synth_disco import __version__
+from synth_disco.design import plan as make_plan
+from synth_disco.design import write_plan
+from synth_disco.engines import load_engine
+from synth_disco.engines.base import Engine
+from synth_disco.faults import crash_point
+from synth_disco.recipe import ModelConfig
+from synth_disco.recipe_load import LoadedRecipe, load_recipe
+from synth_disco.runner import LOAD_FIELDS, DiscussionRunner, StageResult
+from synth_disco.store import RunStore, StoreError
+
+log = logging.getLogger("synth_disco")
+
+Stage = Literal["all", "discuss", "annotate", "assemble"]
+
+
+class RunChangedError(RuntimeError):
+    """The recipe differs from the one the run directory was started with."""
+
+
+class TooManyFailures(RuntimeError):
+    """More discussions failed than ``output.max_failed_fraction`` allows."""
+
+
+class Interrupted(RuntimeError):
+    """Stopped by SIGINT/SIGTERM at a step boundary; the run can be resumed."""
+
+
+@dataclass
+class BuildReport:
+    run_dir: Path
+    dataset_dir: Path | None = None
+    discuss: StageResult | None = None
+    annotate: Any = None
+    nothing_to_do: bool = False
+    extended_from: int | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def default_run_dir(loaded: LoadedRecipe) -> Path:
+    return Path("runs") / f"{loaded.recipe.name}-{loaded.recipe.version}"
+
+
+# -- processes ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class World:
+    """This process's rank among the workers started by ``accelerate launch`` / ``torchrun``."""
+
+    rank: int = 0
+    size: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect_world() -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    import torch
+    from accelerate import PartialState
+
+    # Without CUDA, PartialState must be told it is on the CPU, or every rank takes everything.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return World(state.process_index, state.num_processes, state.wait_for_everyone)
+
+
+# -- logging and signals -----------------------------------------------------------------------
+def setup_logging(store: RunStore, verbose: bool = False) -> None:
+    store.log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("synth_disco")
+    logger.setLevel(logging.DEBUG)
+    for h in list(logger.handlers):
+        if getattr(h, "_synth_disco", False):
+            logger.removeHandler(h)
+            h.close()
+    file_handler = logging.FileHandler(store.log_path, encoding="utf-8")
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    for h in (file_handler, console):
+        h._synth_disco = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    logger.propagate = False
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """First SIGINT/SIGTERM asks for a stop at the next step boundary; a second one aborts."""
+    requested = {"n": 0}
+
+    def handler(signum, frame):
+        requested["n"] += 1
+        if requested["n"] > 1:
+            raise KeyboardInterrupt
+        log.warning("stopping after the current step (press Ctrl-C again to abort now)")
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # signal() raises ValueError outside the main thread (e.g. in a test's thread).
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield lambda: requested["n"] > 0
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+# -- engines ----------------------------------------------------------------------------------
+class EngineCache:
+    """One engine per distinct set of weights, loaded on first use, shared by all stages."""
+
+    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_engine):
+        self._loader = loader
+        self._engines: dict[str, Engine] = {}
+
+    def __call__(self, cfg: ModelConfig) -> Engine:
+        key = cfg.model_dump_json(include=LOAD_FIELDS)
+        if key not in self._engines:
+            log.info("loading model %s (%s engine)", cfg.model, cfg.engine)
+            self._engines[key] = self._loader(cfg)
+        return self._engines[key]
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+# -- the run directory -------------------------------------------------------------------------
+def open_run(
+    loaded: LoadedRecipe, store: RunStore, overrides: list[str], world: World
+) -> int | None:
+    """Create the run directory or check that it belongs to this recipe.
+
+    Returns the earlier replicate count when the run is being extended, else None.
+    """
+    recipe = loaded.recipe
+    info = store.read_run()
+    extended_from = None
+    if info is not None and info["fingerprint"] != loaded.fingerprint:
+        old = int(info.get("replicates", 0))
+        same_but_replicates = (
+            recipe.replicates > old
+            and load_recipe(loaded.path, [*overrides, f"replicates={old}"]).fingerprint
+            == info["fingerprint"]
+        )
+        if not same_but_replicates:
+            raise RunChangedError(
+                f"{store.root.name}: the recipe changed since this run started "
+                f"(fingerprint {info['fingerprint'][:12]} -> {loaded.fingerprint[:12]}). "
+                "Start a new run with another --out directory (or bump `version`), or, to add "
+                "discussions to this run, change only `replicates` (raise it)."
+            )
+        extended_from = old
+    if world.is_main and (info is None or extended_from is not None):
+        history = (info or {}).get("history", [])
+        if info is not None:
+            history.append({"fingerprint": info["fingerprint"], "replicates": info["replicates"]})
+        store.write_run(
+            {
+                "name": recipe.name,
+                "version": recipe.version,
+                "fingerprint": loaded.fingerprint,
+                "replicates": recipe.replicates,
+                "synth_disco": __version__,
+                "created": (info or {}).get(
+                    "created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                ),
+                "history": history,
+            }
+        )
+        store.write_text(
+            store.recipe_path,
+            yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True, width=100),
+        )
+    return extended_from
+
+
+def build(
+    recipe_path: Path,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    *,
+    out: Path | None = None,
+    stage: Stage = "all",
+    retry_failed: bool = False,
+    engine_loader: Callable[[ModelConfig], Engine] = load_engine,
+    verbose: bool = False,
+) -> BuildReport:
+    """Run (or resume) every step of a recipe into ``out``; see the module docstring."""
+    overrides = list(overrides)
+    loaded = load_recipe(recipe_path, overrides)
+    recipe = loaded.recipe
+    store = RunStore(out or default_run_dir(loaded))
+    store.check_writable()
+    setup_logging(store, verbose)
+    world = detect_world()
+    extended_from = open_run(loaded, store, overrides, world)
+    report = BuildReport(store.root, extended_from=extended_from)
+    if extended_from is not None:
+        log.info("extending the run from %d to %d replicates", extended_from, recipe.replicates)
+
+    plan = make_plan(loaded)
+    if world.is_main:
+        tmp = store.plan_path.with_suffix(".parquet.tmp")
+        write_plan(plan, tmp)
+        os.replace(tmp, store.plan_path)
+    crash_point("planned")
+    mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
+    log.info(
+        "%s %s: %d discussions in %d shards (%d for this process), fingerprint %s",
+        recipe.name,
+        recipe.version,
+        plan.n_discussions,
+        plan.n_shards,
+        len(mine),
+        loaded.fingerprint[:12],
+    )
+
+    engines = EngineCache(engine_loader)
+    try:
+        with stop_on_signals() as should_stop:
+            if stage in ("all", "discuss"):
+                runner = DiscussionRunner(
+                    store,
+                    plan.specs_for_shard,
+                    engines,
+                    plan.factor_names,
+                    max_concurrent=recipe.run.max_concurrent,
+                    retry_failed=retry_failed,
+                    should_stop=should_stop,
+                )
+                report.discuss = runner.run(mine)
+                if report.discuss.stopped:
+                    raise Interrupted(resume_hint(recipe_path, overrides, store))
+                world.barrier()
+                crash_point("between.stages")
+            if stage in ("all", "annotate") and recipe.annotation is not None:
+                report.annotate = run_annotation(
+                    loaded, store, plan.n_shards, mine, engines, should_stop
+                )
+                if getattr(report.annotate, "stopped", False):
+                    raise Interrupted(resume_hint(recipe_path, overrides, store))
+                world.barrier()
+    finally:
+        engines.close()
+
+    if not world.is_main:
+        return report
+    missing = [s for s in range(plan.n_shards) if not store.is_done("discuss", s)]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} discussion shards are not finished (e.g. shard {missing[0]}); "
+            "another process may still be working on them: re-run when it is done"
+        )
+    if stage in ("all", "assemble"):
+        report.dataset_dir = assemble_run(loaded, store)
+        crash_point("end")
+    check_failures(loaded, store)
+    return report
+
+
+def run_annotation(loaded, store, n_shards, mine, engines, should_stop):
+    """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
+    from synth_disco.annotation.stage import run_annotation_stage, write_aggregates
+
+    recipe = loaded.recipe
+    cfg = recipe.annotation
+    model_cfg = recipe.model_for(cfg.model)
+    annotators = loaded.personas(cfg.annotators.pool)
+    result = run_annotation_stage(
+        store,
+        lambda shard: store.read_shard("discuss", shard, "comments"),
+        mine,
+        cfg,
+        annotators,
+        engines(model_cfg),
+        model_name=model_cfg.model,
+        seed=recipe.seed,
+        should_stop=should_stop,
+    )
+    write_aggregates(store, cfg)
+    return result
+
+
+def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
+    from synth_disco.dataset import assemble
+
+    agreement = None
+    path = store.root / "agreement.json"
+    if path.exists():
+        agreement = json.loads(path.read_text(encoding="utf-8"))
+    return assemble(store, loaded.recipe, loaded.raw, loaded.fingerprint, agreement=agreement)
+
+
+def check_failures(loaded: LoadedRecipe, store: RunStore) -> None:
+    shards = store.done_shards("discuss")
+    total = sum(s.counts.get("discussions", 0) for s in shards)
+    failed = sum(s.counts.get("failed", 0) for s in shards)
+    if failed:
+        log.warning("%d of %d discussions failed (see the `error` column)", failed, total)
+    limit = loaded.recipe.output.max_failed_fraction
+    if total and failed / total > limit:
+        raise TooManyFailures(
+            f"{failed} of {total} discussions failed ({failed / total:.0%}), more than "
+            f"output.max_failed_fraction={limit:g}; retry them with `synth-disco build "
+            f"{loaded.path.name} --out {store.root} --retry-failed`"
+        )
+
+
+def resume_hint(recipe_path: Path, overrides: list[str], store: RunStore) -> str:
+    sets = "".join(f" --set {o}" for o in overrides)
+    return f"stopped; resume with: synth-disco build {recipe_path}{sets} --out {store.root}"
