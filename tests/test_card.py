@@ -13,10 +13,10 @@ import datasets
 import pytest
 import yaml
 from huggingface_hub import DatasetCard
-from test_dataset import AGREEMENT, ANNOTATORS, USERS, make_recipe, make_run
 
 from synth_disco.card import CARD_BEGIN, CARD_END, TEMPLATE, rerender_card, size_category
 from synth_disco.dataset import assemble
+from test_dataset import AGREEMENT, ANNOTATORS, USERS, make_recipe, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         license="cc-by-sa-4.0",
     )
     return assemble(
-        store, recipe, raw, "fp-abc", agreement=AGREEMENT,
-        personas={"users": USERS, "annotators": ANNOTATORS}, repo="org/unit-test",
+        store,
+        recipe,
+        raw,
+        "fp-abc",
+        agreement=AGREEMENT,
+        personas={"users": USERS, "annotators": ANNOTATORS},
+        repo="org/unit-test",
     )
 
 
@@ -55,7 +60,10 @@ def test_header_parses_with_huggingface_hub(folder: Path) -> None:
 
 def test_datasets_reads_configs_and_infos_from_the_card(folder: Path) -> None:
     assert datasets.get_dataset_config_names(str(folder)) == [
-        "discussions", "comments", "annotations", "personas"
+        "discussions",
+        "comments",
+        "annotations",
+        "personas",
     ]
     builder = datasets.load_dataset_builder(str(folder), "annotations")
     assert builder.info.splits["train"].num_examples == 24
@@ -147,15 +155,21 @@ def test_stale_figures_are_removed(tmp_path: Path) -> None:
 
     manifest = read_manifest(folder)
     stats = {**manifest["stats"], "by_level": {}}
-    render_card(folder, recipe2.model_copy(update={"factors": {}}), raw2, "fp", stats,
-                manifest=manifest)
+    render_card(
+        folder, recipe2.model_copy(update={"factors": {}}), raw2, "fp", stats, manifest=manifest
+    )
     assert sorted(p.name for p in (folder / "figures").iterdir()) == ["labels_overall.png"]
 
 
 @pytest.mark.parametrize(
     ("n", "bucket"),
-    [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (12_345, "10K<n<100K"),
-     (2_000_000, "1M<n<10M")],
+    [
+        (0, "n<1K"),
+        (999, "n<1K"),
+        (1000, "1K<n<10K"),
+        (12_345, "10K<n<100K"),
+        (2_000_000, "1M<n<10M"),
+    ],
 )
 def test_size_categories(n: int, bucket: str) -> None:
     assert size_category(n) == bucket
@@ -168,13 +182,27 @@ def test_template_is_shipped_in_the_wheel(tmp_path: Path) -> None:
     (src / "README.md").write_text("x\n")
     shutil.copytree(ROOT / "dataset_cards", src / "dataset_cards")
     shutil.copytree(
-        ROOT / "generator" / "synth_disco", src / "generator" / "synth_disco", symlinks=True,
+        ROOT / "generator" / "synth_disco",
+        src / "generator" / "synth_disco",
+        symlinks=True,
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path / "wheel")],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "wheel"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -187,3 +215,11 @@ def test_header_round_trips_through_yaml(folder: Path) -> None:
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n")[1])
     assert header["configs"][0]["config_name"] == "discussions"
+
+
+def test_undefined_agreement_is_said_so(tmp_path: Path) -> None:
+    store = make_run(tmp_path / "run")
+    recipe, raw = make_recipe()
+    agreement = {"toxicity": {"alpha": None, "level": "ordinal", "n_items": 0}}
+    folder = assemble(store, recipe, raw, "fp", agreement=agreement)
+    assert "undefined for this dimension" in (folder / "README.md").read_text()

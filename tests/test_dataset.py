@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth_disco import tables
-from synth_disco.dataset import AssembleError, assemble, read_manifest
+from synth_disco.dataset import AssembleError, assemble, read_manifest, used_pools
 from synth_disco.recipe import Recipe
 from synth_disco.records import Persona
 from synth_disco.store import RunStore
@@ -34,12 +34,20 @@ def make_recipe(max_rows: int = 10, annotate: bool = True, **extra: Any) -> tupl
             "users": {"inline": [p.to_dict() for p in USERS], "license": "cc0-1.0"},
             "annotators": {"inline": [p.to_dict() for p in ANNOTATORS]},
         },
-        "posts": {"inline": [{"id": "p0", "comments": [{"author": "op", "text": "Hi"}]}],
-                  "license": "mit"},
-        "discussion": {"instructions": "Write like a forum user.", "turns": 3,
-                       "variants": {"troll": {"share": 0.3, "instructions": "Provoke."}}},
+        "posts": {
+            "inline": [{"id": "p0", "comments": [{"author": "op", "text": "Hi"}]}],
+            "license": "mit",
+        },
+        "discussion": {
+            "instructions": "Write like a forum user.",
+            "turns": 3,
+            "variants": {"troll": {"share": 0.3, "instructions": "Provoke."}},
+        },
         "factors": {
-            "moderation": {"none": {}, "strict": {"discussion.moderator": {"instructions": "Be firm"}}},
+            "moderation": {
+                "none": {},
+                "strict": {"discussion.moderator": {"instructions": "Be firm"}},
+            },
             "tone": {"calm": {}},
         },
         "replicates": 2,
@@ -56,7 +64,9 @@ def make_recipe(max_rows: int = 10, annotate: bool = True, **extra: Any) -> tupl
     return Recipe.model_validate(raw), raw
 
 
-def _discussion(i: int, shard: int, status: str = "ok", n_comments: int = 3) -> dict[str, Any]:
+def _discussion(
+    i: int, shard: int, status: str = "ok", n_comments: int = 3, error: str = "engine crashed"
+) -> dict[str, Any]:
     level = LEVELS["moderation"][i % 2]
     return {
         "discussion_id": f"d{i:04d}",
@@ -75,8 +85,14 @@ def _discussion(i: int, shard: int, status: str = "ok", n_comments: int = 3) -> 
             {"name": p.name, "persona": p.to_dict(), "variant": "", "instructions": "Write."}
             for p in USERS[:2]
         ],
-        "moderator": None if level == "none" else {
-            "name": "Mod", "policy": "every_k", "k": 3, "instructions": "Be firm", "model": "tiny"
+        "moderator": None
+        if level == "none"
+        else {
+            "name": "Mod",
+            "policy": "every_k",
+            "k": 3,
+            "instructions": "Be firm",
+            "model": "tiny",
         },
         "turn_taking": "round_robin",
         "turns": 3,
@@ -85,7 +101,7 @@ def _discussion(i: int, shard: int, status: str = "ok", n_comments: int = 3) -> 
         "model_revision": "abc123",
         "generation": json.dumps({"temperature": 0.7}),
         "status": status,
-        "error": "engine crashed" if status == "failed" else None,
+        "error": error if status == "failed" else None,
         "n_comments": n_comments,
         "prompt_tokens": 10,
         "completion_tokens": 5,
@@ -93,18 +109,45 @@ def _discussion(i: int, shard: int, status: str = "ok", n_comments: int = 3) -> 
 
 
 def _comments(d: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    rows = [{"discussion_id": d["discussion_id"], "comment_id": f"{d['discussion_id']}-c0",
-             "index": 0, "parent_id": None, "author": "op", "role": "op", "persona_id": None,
-             "variant": None, "text": "Hi", "raw_text": "Hi", "model": None, "prompt_tokens": 0,
-             "completion_tokens": 0, "finish_reason": None, "attempts": 0}]
+    rows = [
+        {
+            "discussion_id": d["discussion_id"],
+            "comment_id": f"{d['discussion_id']}-c0",
+            "index": 0,
+            "parent_id": None,
+            "author": "op",
+            "role": "op",
+            "persona_id": None,
+            "variant": None,
+            "text": "Hi",
+            "raw_text": "Hi",
+            "model": None,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "finish_reason": None,
+            "attempts": 0,
+        }
+    ]
     for k in range(1, n + 1):
-        rows.append({
-            "discussion_id": d["discussion_id"], "comment_id": f"{d['discussion_id']}-c{k}",
-            "index": k, "parent_id": f"{d['discussion_id']}-c{k - 1}", "author": "User 0",
-            "role": "user", "persona_id": "u0", "variant": "", "text": "word " * (k * 4),
-            "raw_text": "word " * (k * 4), "model": "tiny", "prompt_tokens": 12,
-            "completion_tokens": 4, "finish_reason": "stop", "attempts": 1,
-        })
+        rows.append(
+            {
+                "discussion_id": d["discussion_id"],
+                "comment_id": f"{d['discussion_id']}-c{k}",
+                "index": k,
+                "parent_id": f"{d['discussion_id']}-c{k - 1}",
+                "author": "User 0",
+                "role": "user",
+                "persona_id": "u0",
+                "variant": "",
+                "text": "word " * (k * 4),
+                "raw_text": "word " * (k * 4),
+                "model": "tiny",
+                "prompt_tokens": 12,
+                "completion_tokens": 4,
+                "finish_reason": "stop",
+                "attempts": 1,
+            }
+        )
     return rows
 
 
@@ -114,45 +157,75 @@ def _annotations(comments: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if c["role"] == "op":
             continue
         for dim, label in (("toxicity", str(1 + c["index"] % 3)), ("stance", "pro")):
-            rows.append({
-                "comment_id": c["comment_id"], "discussion_id": c["discussion_id"],
-                "annotator_id": "a0", "annotator_persona": "careful annotator",
-                "dimension": dim, "label": label,
-                "scores": [{"label": label, "prob": 0.9}], "method": "score", "raw_text": "",
-                "model": "tiny", "status": "ok", "attempts": 1,
-            })
+            rows.append(
+                {
+                    "comment_id": c["comment_id"],
+                    "discussion_id": c["discussion_id"],
+                    "annotator_id": "a0",
+                    "annotator_persona": "careful annotator",
+                    "dimension": dim,
+                    "label": label,
+                    "scores": [{"label": label, "prob": 0.9}],
+                    "method": "score",
+                    "raw_text": "",
+                    "model": "tiny",
+                    "status": "ok",
+                    "attempts": 1,
+                }
+            )
     return rows
 
 
 def make_run(
-    root: Path, n_discussions: int = 5, shard_size: int = 2, annotate: bool = True,
+    root: Path,
+    n_discussions: int = 5,
+    shard_size: int = 2,
+    annotate: bool = True,
     failed: tuple[int, ...] = (4,),
+    error: str = "engine crashed",
 ) -> RunStore:
     """A run directory with finished discuss (and annotate) shards, built through RunStore."""
     store = RunStore(root)
     schema = tables.discussions_schema(list(LEVELS))
     for shard, start in enumerate(range(0, n_discussions, shard_size)):
         ids = list(range(start, min(n_discussions, start + shard_size)))
-        discs = [_discussion(i, shard, "failed" if i in failed else "ok",
-                             0 if i in failed else 3) for i in ids]
+        discs = [
+            _discussion(i, shard, "failed" if i in failed else "ok", 0 if i in failed else 3, error)
+            for i in ids
+        ]
         comments = [c for d in discs for c in _comments(d, d["n_comments"])]
-        events = [{"discussion_id": d["discussion_id"], "index": 1, "kind": "failed_turn",
-                   "author": "User 1", "detail": "empty", "raw_text": ""}
-                  for d in discs if d["status"] == "failed"]
+        events = [
+            {
+                "discussion_id": d["discussion_id"],
+                "index": 1,
+                "kind": "failed_turn",
+                "author": "User 1",
+                "detail": "empty",
+                "raw_text": "",
+            }
+            for d in discs
+            if d["status"] == "failed"
+        ]
         members = [d["discussion_id"] for d in discs]
         store.finish_shard(
-            "discuss", shard,
-            {"discussions": pa.Table.from_pylist(discs, schema=schema),
-             "comments": pa.Table.from_pylist(comments, schema=tables.COMMENTS),
-             "events": pa.Table.from_pylist(events, schema=tables.EVENTS)},
-            {"discussions": len(discs), "comments": len(comments)}, members,
+            "discuss",
+            shard,
+            {
+                "discussions": pa.Table.from_pylist(discs, schema=schema),
+                "comments": pa.Table.from_pylist(comments, schema=tables.COMMENTS),
+                "events": pa.Table.from_pylist(events, schema=tables.EVENTS),
+            },
+            {"discussions": len(discs), "comments": len(comments)},
+            members,
         )
         if annotate:
             ann = _annotations(comments)
             store.finish_shard(
-                "annotate", shard,
+                "annotate",
+                shard,
                 {"annotations": pa.Table.from_pylist(ann, schema=tables.ANNOTATIONS)},
-                {"annotations": len(ann)}, members,
+                {"annotations": len(ann)},
+                members,
             )
     return store
 
@@ -165,7 +238,11 @@ def built(tmp_path: Path) -> tuple[RunStore, Path, Recipe]:
     store = make_run(tmp_path / "run")
     recipe, raw = make_recipe()
     out = assemble(
-        store, recipe, raw, "fp-123", agreement=AGREEMENT,
+        store,
+        recipe,
+        raw,
+        "fp-123",
+        agreement=AGREEMENT,
         personas={"users": USERS, "annotators": ANNOTATORS},
     )
     return store, out, recipe
@@ -173,8 +250,7 @@ def built(tmp_path: Path) -> tuple[RunStore, Path, Recipe]:
 
 def test_each_config_loads_with_its_rows_and_features(built) -> None:
     _, folder, _ = built
-    expected = {"discussions": 5, "comments": 4 * 4 + 1, "annotations": 4 * 3 * 2,
-                "personas": 5}
+    expected = {"discussions": 5, "comments": 4 * 4 + 1, "annotations": 4 * 3 * 2, "personas": 5}
     for config, rows in expected.items():
         ds = datasets.load_dataset(str(folder), config, split="train")
         assert ds.num_rows == rows, config
@@ -206,7 +282,9 @@ def test_files_are_sharded_by_rows(built) -> None:
     names = sorted(p.name for p in (folder / "data" / "annotations").iterdir())
     assert names == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     assert [pq.read_metadata(folder / "data" / "annotations" / n).num_rows for n in names] == [
-        10, 10, 4
+        10,
+        10,
+        4,
     ]
     assert len(list((folder / "data" / "comments").iterdir())) == 2
     assert len(list((folder / "data" / "discussions").iterdir())) == 1
@@ -226,15 +304,20 @@ def test_manifest_records_checksums_counts_and_versions(built) -> None:
             i.files for i in store.done_shards(stage)
         ]
     assert manifest["fingerprint"] == "fp-123"
-    assert manifest["counts"] == {"discussions": 5, "comments": 17, "annotations": 24,
-                                  "personas": 5}
+    assert manifest["counts"] == {
+        "discussions": 5,
+        "comments": 17,
+        "annotations": 24,
+        "personas": 5,
+    }
     assert manifest["versions"]["datasets"] == datasets.__version__
     assert {"torch", "transformers", "synth-disco"} <= manifest["versions"].keys()
     assert manifest["models"]["main"]["revision"] == "abc123"
     assert manifest["models"]["main"]["generation"]["temperature"] == 0.7
     assert manifest["failures"]["discussions"] == 1
-    assert manifest["failures"]["examples"] == [{"discussion_id": "d0004",
-                                                 "error": "engine crashed"}]
+    assert manifest["failures"]["examples"] == [
+        {"discussion_id": "d0004", "error": "engine crashed"}
+    ]
     assert manifest["failures"]["failed_turns"] == 1
     from synth_disco.store import sha256_file
 
@@ -253,8 +336,12 @@ def test_recipe_copy_is_the_resolved_recipe(built) -> None:
 def test_statistics(built) -> None:
     _, folder, _ = built
     stats = read_manifest(folder)["stats"]
-    assert stats["discussions"] == {"total": 5, "ok": 4, "failed": 1,
-                                    "by_status": {"failed": 1, "ok": 4}}
+    assert stats["discussions"] == {
+        "total": 5,
+        "ok": 4,
+        "failed": 1,
+        "by_status": {"failed": 1, "ok": 4},
+    }
     assert stats["comments"]["per_discussion"] == {"mean": 2.4, "min": 0, "max": 3}
     assert stats["comments"]["words_per_comment"] == 8.0  # 4, 8, 12 words
     assert stats["annotations"]["labels"]["toxicity"] == {"1": 4, "2": 4, "3": 4}
@@ -278,7 +365,9 @@ def test_reassembly_is_byte_identical(tmp_path: Path) -> None:
 
 
 def test_no_absolute_paths_or_home_in_the_folder(tmp_path: Path) -> None:
-    store = make_run(tmp_path / "run")
+    home = os.path.expanduser("~")
+    error = f"cannot read {tmp_path / 'run' / 'journal' / 'x.jsonl'} or {home}/models/m"
+    store = make_run(tmp_path / "run", error=error)
     recipe, raw = make_recipe()
     # A model loaded from a local folder must not leak its path.
     local_model = str(tmp_path / "models" / "my-model")
@@ -291,7 +380,11 @@ def test_no_absolute_paths_or_home_in_the_folder(tmp_path: Path) -> None:
             data = path.read_bytes()
             for needle in needles:
                 assert needle.encode() not in data, (path, needle)
-    assert read_manifest(folder)["models"]["main"]["id"] == "my-model"
+    manifest = read_manifest(folder)
+    assert manifest["models"]["main"]["id"] == "my-model"
+    assert manifest["failures"]["examples"][0]["error"] == (
+        "cannot read <run>/journal/x.jsonl or ~/models/m"
+    )
 
 
 def test_local_model_paths_are_scrubbed_from_rows(tmp_path: Path) -> None:
@@ -299,13 +392,24 @@ def test_local_model_paths_are_scrubbed_from_rows(tmp_path: Path) -> None:
     recipe, raw = make_recipe(annotate=False)
     d = _discussion(0, 0)
     d["model"] = str(tmp_path / "models" / "m1")
-    d["moderator"] = {"name": "M", "policy": "every_k", "k": 3, "instructions": "",
-                      "model": str(tmp_path / "models" / "m1")}
+    d["moderator"] = {
+        "name": "M",
+        "policy": "every_k",
+        "k": 3,
+        "instructions": "",
+        "model": str(tmp_path / "models" / "m1"),
+    }
     store.finish_shard(
-        "discuss", 0,
-        {"discussions": pa.Table.from_pylist([d], schema=tables.discussions_schema(list(LEVELS))),
-         "comments": pa.Table.from_pylist(_comments(d, 1), schema=tables.COMMENTS)},
-        {}, ["d0000"],
+        "discuss",
+        0,
+        {
+            "discussions": pa.Table.from_pylist(
+                [d], schema=tables.discussions_schema(list(LEVELS))
+            ),
+            "comments": pa.Table.from_pylist(_comments(d, 1), schema=tables.COMMENTS),
+        },
+        {},
+        ["d0000"],
     )
     folder = assemble(store, recipe, raw, "fp")
     row = datasets.load_dataset(str(folder), "discussions", split="train")[0]
@@ -337,3 +441,33 @@ def test_nothing_to_assemble(tmp_path: Path) -> None:
     recipe, raw = make_recipe()
     with pytest.raises(AssembleError, match="no finished shards"):
         assemble(RunStore(tmp_path / "empty"), recipe, raw, "fp")
+
+
+def test_factor_names_clashing_with_columns_are_refused(tmp_path: Path) -> None:
+    store = make_run(tmp_path / "run")
+    recipe, raw = make_recipe()
+    raw["factors"] = {"turn_taking": {"a": {}}}
+    with pytest.raises(AssembleError, match="turn_taking"):
+        assemble(store, Recipe.model_validate(raw), raw, "fp")
+
+
+def test_used_pools_include_pools_switched_by_a_factor() -> None:
+    recipe, raw = make_recipe()
+    raw["personas"]["experts"] = {"inline": [USERS[0].to_dict()]}
+    raw["factors"]["crowd"] = {"lay": {}, "expert": {"discussion.persona_pool": "experts"}}
+    assert used_pools(Recipe.model_validate(raw)) == {
+        "users": "participants",
+        "annotators": "annotators",
+        "experts": "participants",
+    }
+
+
+def test_an_unrelated_output_folder_is_not_replaced(tmp_path: Path) -> None:
+    store = make_run(tmp_path / "run")
+    recipe, raw = make_recipe()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(AssembleError, match="not a synth-disco dataset"):
+        assemble(store, recipe, raw, "fp", out=precious)
+    assert (precious / "notes.txt").read_text() == "mine"

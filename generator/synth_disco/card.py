@@ -30,6 +30,7 @@ from .dataset import (
     portable_model_id,
     portable_recipe,
     read_manifest,
+    used_pools,
 )
 from .figures import draw_figures
 from .recipe import FileRef, Recipe, SourceSpec
@@ -242,9 +243,12 @@ def merge_readme(existing: str | None, header: Mapping[str, Any], block: str) ->
         for key, value in (old if isinstance(old, dict) else {}).items():
             if key not in meta:
                 meta[key] = value
-            elif isinstance(meta[key], list) and isinstance(value, list):
-                if all(_is_scalar(v) for v in [*meta[key], *value]):
-                    meta[key] = meta[key] + [v for v in value if v not in meta[key]]
+            elif (
+                isinstance(meta[key], list)
+                and isinstance(value, list)
+                and all(_is_scalar(v) for v in [*meta[key], *value])
+            ):
+                meta[key] = meta[key] + [v for v in value if v not in meta[key]]
         if CARD_BEGIN in body and CARD_END in body:
             start = body.index(CARD_BEGIN)
             before, after = body[:start], body[body.index(CARD_END, start) + len(CARD_END) :]
@@ -307,9 +311,7 @@ def _pool_counts(dataset_dir: Path, manifest: Mapping[str, Any]) -> dict[str, in
 
 def _sources(recipe: Recipe, dataset_dir: Path, manifest: Mapping[str, Any], stats: Any) -> list:
     pools = _pool_counts(dataset_dir, manifest)
-    used = {recipe.discussion.persona_pool: "participants"}
-    if recipe.annotation is not None:
-        used.setdefault(recipe.annotation.annotators.pool, "annotators")
+    used = used_pools(recipe)
     rows = []
     for pool, spec in recipe.personas.items():
         role = used.get(pool, "not used")
@@ -342,41 +344,78 @@ def _builtin_template(name: str) -> str | None:
 def _prompts(recipe: Recipe) -> list[dict[str, str]]:
     d = recipe.discussion
     blocks = [
-        {"title": "Participant instructions", "text": _text(d.instructions), "lang": "text",
-         "note": "" if _text(d.instructions) else "None given."},
+        {
+            "title": "Participant instructions",
+            "text": _text(d.instructions),
+            "lang": "text",
+            "note": "" if _text(d.instructions) else "None given.",
+        },
     ]
     if _text(d.context):
-        blocks.append({"title": "Discussion context", "text": _text(d.context), "lang": "text",
-                       "note": ""})
+        blocks.append(
+            {"title": "Discussion context", "text": _text(d.context), "lang": "text", "note": ""}
+        )
     if d.moderator is not None:
         m = d.moderator
         persona = m.persona if isinstance(m.persona, str) else json.dumps(m.persona)
         blocks.append(
-            {"title": f"Moderator `{m.name}`",
-             "note": f"Policy `{m.policy}`" + (f" (every {m.k} comments)" if m.policy == "every_k"
-                                                else "") + (f"; persona: {persona}" if persona else ""),
-             "text": _text(m.instructions), "lang": "text"}
+            {
+                "title": f"Moderator `{m.name}`",
+                "note": f"Policy `{m.policy}`"
+                + (f" (every {m.k} comments)" if m.policy == "every_k" else "")
+                + (f"; persona: {persona}" if persona else ""),
+                "text": _text(m.instructions),
+                "lang": "text",
+            }
         )
-    elif any("moderator" in json.dumps(p) for levels in recipe.factors.values()
-             for p in levels.values()):
-        blocks.append({"title": "Moderator", "text": "", "lang": "",
-                       "note": "Set per factor level: see the patches under Experimental design."})
-    for key, title in (("system", "System prompt template"), ("turn", "Turn prompt template"),
-                       ("moderator_system", "Moderator system prompt template"),
-                       ("annotation", "Annotation prompt template")):
+    elif any(
+        "moderator" in json.dumps(p) for levels in recipe.factors.values() for p in levels.values()
+    ):
+        blocks.append(
+            {
+                "title": "Moderator",
+                "text": "",
+                "lang": "",
+                "note": "Set per factor level: see the patches under Experimental design.",
+            }
+        )
+    for key, title in (
+        ("system", "System prompt template"),
+        ("turn", "Turn prompt template"),
+        ("moderator_system", "Moderator system prompt template"),
+        ("annotation", "Annotation prompt template"),
+    ):
         if key == "annotation" and recipe.annotation is None:
             continue
         custom = getattr(d.templates, key)
         if custom is not None:
-            blocks.append({"title": title, "text": _text(custom), "lang": "jinja",
-                           "note": "Set by the recipe."})
+            blocks.append(
+                {
+                    "title": title,
+                    "text": _text(custom),
+                    "lang": "jinja",
+                    "note": "Set by the recipe.",
+                }
+            )
             continue
         builtin = _builtin_template(key)
-        blocks.append({"title": title, "text": builtin or "", "lang": "jinja",
-                       "note": "synth-disco's built-in template" + (":" if builtin else ".")})
+        blocks.append(
+            {
+                "title": title,
+                "text": builtin or "",
+                "lang": "jinja",
+                "note": "synth-disco's built-in template" + (":" if builtin else "."),
+            }
+        )
     if recipe.annotation is not None and _text(recipe.annotation.instructions):
-        blocks.append({"title": "Annotator instructions",
-                       "text": _text(recipe.annotation.instructions), "lang": "text", "note": ""})
+        blocks.append(
+            {
+                "title": "Annotator instructions",
+                "text": _text(recipe.annotation.instructions),
+                "lang": "text",
+                "note": "",
+            }
+        )
     return blocks
 
 
@@ -396,9 +435,12 @@ def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None)
                 "level": dim.level,
                 "instructions": _text(dim.instructions),
                 "labels": [
-                    {"label": lab, "description": dim.descriptions.get(lab, ""),
-                     "count": counts.get(lab, 0),
-                     "share": counts.get(lab, 0) / total if total else 0.0}
+                    {
+                        "label": lab,
+                        "description": dim.descriptions.get(lab, ""),
+                        "count": counts.get(lab, 0),
+                        "share": counts.get(lab, 0) / total if total else 0.0,
+                    }
                     for lab in labels
                 ],
                 "agreement": (agreement or {}).get(name),
@@ -455,17 +497,24 @@ def card_context(
             "rows": manifest["configs"][c]["num_examples"],
             "files": len(manifest["configs"][c]["files"]),
             "columns": [
-                {"name": n, "type": _type_name(f),
-                 "doc": f"level of the factor `{n}`" if n in recipe.factors
-                 else COLUMN_DOCS.get(n, "")}
+                {
+                    "name": n,
+                    "type": _type_name(f),
+                    "doc": f"level of the factor `{n}`"
+                    if n in recipe.factors
+                    else COLUMN_DOCS.get(n, ""),
+                }
                 for n, f in features[c].items()
             ],
         }
         for c in CONFIGS
         if c in manifest["configs"]
     ]
-    participants = d.participants if isinstance(d.participants, int) else (
-        f"{d.participants.min} to {d.participants.max}")
+    participants = (
+        d.participants
+        if isinstance(d.participants, int)
+        else (f"{d.participants.min} to {d.participants.max}")
+    )
     tt = d.turn_taking
     turn_taking = tt.policy + {
         "random_weighted": f" (p_respond {tt.p_respond})",
@@ -474,15 +523,26 @@ def card_context(
     }.get(tt.policy, "")
     pd = stats["comments"]["per_discussion"]
     by_level = [
-        {"factor": f, "level": lv, "discussions": s["discussions"], "comments": s["comments"],
-         "words": "" if s["words_per_comment"] is None else f"{s['words_per_comment']:.1f}"}
+        {
+            "factor": f,
+            "level": lv,
+            "discussions": s["discussions"],
+            "comments": s["comments"],
+            "words": "" if s["words_per_comment"] is None else f"{s['words_per_comment']:.1f}",
+        }
         for f, levels in stats["by_level"].items()
         for lv, s in levels.items()
     ]
-    patches = yaml.safe_dump(
-        portable_recipe(json.loads(json.dumps(recipe.factors))), sort_keys=False,
-        allow_unicode=True, width=100,
-    ) if recipe.factors else ""
+    patches = (
+        yaml.safe_dump(
+            portable_recipe(json.loads(json.dumps(recipe.factors))),
+            sort_keys=False,
+            allow_unicode=True,
+            width=100,
+        )
+        if recipe.factors
+        else ""
+    )
     return {
         "name": recipe.name,
         "version": recipe.version,
@@ -508,10 +568,16 @@ def card_context(
             "persona_pool": d.persona_pool,
         },
         "models": [
-            {"key": k, "id": m["id"],
-             "revision": m["revision"] if isinstance(m["revision"], str)
-             else ", ".join(m["revision"] or []) or "latest at build time",
-             "engine": m["engine"], "dtype": m["dtype"], "generation": _generation(m["generation"])}
+            {
+                "key": k,
+                "id": m["id"],
+                "revision": m["revision"]
+                if isinstance(m["revision"], str)
+                else ", ".join(m["revision"] or []) or "latest at build time",
+                "engine": m["engine"],
+                "dtype": m["dtype"],
+                "generation": _generation(m["generation"]),
+            }
             for k, m in manifest["models"].items()
         ],
         "prompts": _prompts(recipe),
@@ -521,9 +587,11 @@ def card_context(
         ],
         "sources": _sources(recipe, dataset_dir, manifest, stats),
         "annotation": _annotation(recipe, stats, agreement),
-        "per_discussion": "n/a" if pd["mean"] is None
+        "per_discussion": "n/a"
+        if pd["mean"] is None
         else f"{pd['mean']:.2f} / {pd['min']} / {pd['max']}",
-        "words_per_comment": "n/a" if stats["comments"]["words_per_comment"] is None
+        "words_per_comment": "n/a"
+        if stats["comments"]["words_per_comment"] is None
         else f"{stats['comments']['words_per_comment']:.1f}",
         "by_level": by_level,
         "figures": figures,

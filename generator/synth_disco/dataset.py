@@ -19,7 +19,6 @@ byte-identical files (no timestamps, deterministic row groups).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import math
@@ -29,7 +28,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ import yaml
 
 from . import tables
 from .recipe import Recipe
-from .store import RunStore, sha256_file
+from .store import RunStore, fsync_dir, sha256_file
 
 SPLIT = "train"
 CONFIGS = ("discussions", "comments", "annotations", "personas")
@@ -71,7 +70,14 @@ ROW_GROUP_BYTES = 32 << 20  # the write buffer's bound, whatever the row size
 # most of its bytes with the previous one on the Hub's deduplicating storage.
 CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "norm_level": 0}
 MAX_FAILURE_EXAMPLES = 20
-VERSIONED_PACKAGES = ("synth-disco", "torch", "transformers", "datasets", "huggingface_hub", "pyarrow")
+VERSIONED_PACKAGES = (
+    "synth-disco",
+    "torch",
+    "transformers",
+    "datasets",
+    "huggingface_hub",
+    "pyarrow",
+)
 
 
 class AssembleError(RuntimeError):
@@ -83,8 +89,15 @@ class AssembleError(RuntimeError):
 
 def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
     """The arrow schema of every config, from ``tables.py``."""
+    discussions = tables.discussions_schema(factors)
+    clashes = sorted({n for n in discussions.names if discussions.names.count(n) > 1})
+    if clashes:
+        raise AssembleError(
+            f"factor name(s) {', '.join(clashes)} clash with columns of the discussions table: "
+            "rename the factor(s) in the recipe"
+        )
     return {
-        "discussions": tables.discussions_schema(factors),
+        "discussions": discussions,
         "comments": tables.COMMENTS,
         "annotations": tables.ANNOTATIONS,
         "personas": tables.PERSONAS,
@@ -128,6 +141,31 @@ def portable_recipe(raw: Any, key: str = "") -> Any:
     if isinstance(raw, str) and key in ("file", "dir", "model"):
         return portable_model_id(raw)
     return raw
+
+
+def _dotted(patch: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in patch.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _dotted(value, path + ".")
+        else:
+            yield path, value
+
+
+def used_pools(recipe: Recipe) -> dict[str, str]:
+    """Persona pools the run draws from -> what for ("participants" / "annotators"), including
+    pools that only some factor levels switch to."""
+    pools = {recipe.discussion.persona_pool: "participants"}
+    if recipe.annotation is not None:
+        pools.setdefault(recipe.annotation.annotators.pool, "annotators")
+    for levels in recipe.factors.values():
+        for patch in levels.values():
+            for path, value in _dotted(patch):
+                if path == "discussion.persona_pool" and isinstance(value, str):
+                    pools.setdefault(value, "participants")
+                elif path == "annotation.annotators.pool" and isinstance(value, str):
+                    pools.setdefault(value, "annotators")
+    return pools
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -246,12 +284,16 @@ def _portable_strings(arr: pa.Array) -> pa.Array:
     return pc.take(pa.array(fixed, pa.string()), index)
 
 
-def _portable_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The batch with its ``model`` columns (and the moderator's) free of local paths."""
+def _portable_batch(batch: pa.RecordBatch, scrub: Sequence[tuple[str, str]] = ()) -> pa.RecordBatch:
+    """The batch with its ``model`` columns (and the moderator's) free of local paths, and the
+    local paths in ``scrub`` (needle, replacement) replaced in error messages."""
     names = batch.schema.names
     columns = list(batch.columns)
     for i, name in enumerate(names):
-        if name == "model":
+        if name in ("error", "detail") and scrub and columns[i].null_count < len(columns[i]):
+            for needle, replacement in scrub:
+                columns[i] = pc.replace_substring(columns[i], needle, replacement)
+        elif name == "model":
             columns[i] = _portable_strings(columns[i])
         elif name == "moderator" and pa.types.is_struct(columns[i].type):
             struct = columns[i]
@@ -268,7 +310,9 @@ def _portable_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
 
-def _read_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _read_batches(
+    path: Path, schema: pa.Schema, scrub: Sequence[tuple[str, str]] = ()
+) -> Iterator[pa.RecordBatch]:
     """The rows of one shard file, batch by batch, conformed to ``schema``."""
     pf = pq.ParquetFile(path)
     missing = [n for n in schema.names if n not in pf.schema_arrow.names]
@@ -279,7 +323,7 @@ def _read_batches(path: Path, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
             batch = batch.select(schema.names).cast(schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise AssembleError(f"{path.name}: columns do not match the schema: {exc}") from exc
-        yield _portable_batch(batch)
+        yield _portable_batch(batch, scrub)
 
 
 def _rows_in(paths: Iterable[Path]) -> int:
@@ -335,14 +379,20 @@ class StatsCollector:
             self.status[status] += 1
             cell = self.cells.setdefault(
                 row["cell_id"],
-                {"levels": dict(zip(self.factors, levels, strict=True)), "discussions": 0,
-                 "failed": 0, "comments": 0},
+                {
+                    "levels": dict(zip(self.factors, levels, strict=True)),
+                    "discussions": 0,
+                    "failed": 0,
+                    "comments": 0,
+                },
             )
             cell["discussions"] += 1
             cell["failed"] += status == "failed"
             for f, level in zip(self.factors, levels, strict=True):
                 self.levels[f].setdefault(level, _LevelStats()).discussions += 1
-            self.models.add((row["model"] or "", row["model_revision"] or "", row["generation"] or ""))
+            self.models.add(
+                (row["model"] or "", row["model_revision"] or "", row["generation"] or "")
+            )
             if row["post_id"] is not None:
                 self.posts.add(row["post_id"])
             if status == "failed" and len(self.failures) < MAX_FAILURE_EXAMPLES:
@@ -378,8 +428,11 @@ class StatsCollector:
             .aggregate([("w", "sum"), ("w", "count")])
         )
         for d, b, w, n in zip(
-            grouped["d"].to_pylist(), grouped["b"].to_pylist(), grouped["w_sum"].to_pylist(),
-            grouped["w_count"].to_pylist(), strict=True,
+            grouped["d"].to_pylist(),
+            grouped["b"].to_pylist(),
+            grouped["w_sum"].to_pylist(),
+            grouped["w_count"].to_pylist(),
+            strict=True,
         ):
             counts[d] += n
             cell_id, levels = cells.get(d, ("", ()))
@@ -414,8 +467,11 @@ class StatsCollector:
             [("comment_id", "count")]
         )
         for d, dim, label, n in zip(
-            grouped["discussion_id"].to_pylist(), grouped["dimension"].to_pylist(),
-            grouped["label"].to_pylist(), grouped["comment_id_count"].to_pylist(), strict=True,
+            grouped["discussion_id"].to_pylist(),
+            grouped["dimension"].to_pylist(),
+            grouped["label"].to_pylist(),
+            grouped["comment_id_count"].to_pylist(),
+            strict=True,
         ):
             label = "" if label is None else label
             self.labels[dim][label] += n
@@ -446,7 +502,10 @@ class StatsCollector:
                     "words_per_comment": round(s.words / s.comments, 3) if s.comments else None,
                     "length_hist": dict(zip(LENGTH_LABELS, s.lengths, strict=True)),
                     "labels": {
-                        d: {lab: s.labels[d].get(lab, 0) for lab in self._label_order(d, s.labels[d])}
+                        d: {
+                            lab: s.labels[d].get(lab, 0)
+                            for lab in self._label_order(d, s.labels[d])
+                        }
                         for d in dims
                         if d in s.labels
                     },
@@ -533,7 +592,9 @@ def _checked(store: RunStore, stage: str, shard: int, table: str, expected: str)
 def _shard_paths(store: RunStore, stage: str) -> dict[int, dict[str, Path]]:
     """shard -> table -> verified path, for every finished shard of a stage."""
     return {
-        info.shard: {t: _checked(store, stage, info.shard, t, h) for t, h in sorted(info.files.items())}
+        info.shard: {
+            t: _checked(store, stage, info.shard, t, h) for t, h in sorted(info.files.items())
+        }
         for info in store.done_shards(stage)
     }
 
@@ -543,7 +604,9 @@ def _cell_map(path: Path | None, factors: list[str]) -> dict[str, tuple[str, tup
         return {}
     t = pq.read_table(path, columns=["discussion_id", "cell_id", *factors])
     ids, cells = t["discussion_id"].to_pylist(), t["cell_id"].to_pylist()
-    levels = list(zip(*(t[f].to_pylist() for f in factors), strict=True)) if factors else [()] * len(ids)
+    levels = (
+        list(zip(*(t[f].to_pylist() for f in factors), strict=True)) if factors else [()] * len(ids)
+    )
     return {d: (c, tuple(x or "" for x in lv)) for d, c, lv in zip(ids, cells, levels, strict=True)}
 
 
@@ -618,6 +681,17 @@ def _cleanup_stale(parent: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Make every file of ``folder`` durable before it is renamed into place."""
+    for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            fsync_dir(path)
+    fsync_dir(folder)
+
+
 def _swap_in(tmp: Path, dest: Path) -> None:
     """Replace ``dest`` by ``tmp``: two renames, the old folder deleted only afterwards."""
     if dest.exists():
@@ -627,19 +701,29 @@ def _swap_in(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
+    fsync_dir(dest.parent)
 
 
 HF_TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 
 
+def scrub_pairs(run_root: Path) -> list[tuple[str, str]]:
+    """(local path, stand-in) pairs that must not be published, longest path first: the run's
+    absolute path, its parent (both skipped when as short as ``/tmp``) and the home directory."""
+    root = run_root.resolve()
+    pairs = {}
+    for path, stand_in in ((root, "<run>"), (root.parent, "<runs>")):
+        if len(path.parts) > 2:
+            pairs.setdefault(str(path), stand_in)
+    home = Path.home()
+    if len(home.parts) > 1:
+        pairs.setdefault(str(home), "~")
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
 def private_strings(run_root: Path) -> list[str]:
-    """Strings that must never appear in a published folder: the run's absolute path, its
-    parent and the user's home directory (too-short paths like ``/tmp`` are skipped)."""
-    out = []
-    for p in (run_root.resolve(), run_root.resolve().parent, Path.home()):
-        if len(p.parts) > 2 and str(p) not in out:
-            out.append(str(p))
-    return out
+    """The local paths ``scrub_pairs`` names: none may appear in the dataset folder."""
+    return [path for path, _ in scrub_pairs(run_root)]
 
 
 def check_folder_clean(folder: Path, forbidden: Iterable[str]) -> None:
@@ -665,26 +749,36 @@ def assemble(
     *,
     agreement: Mapping[str, Mapping[str, Any]] | None = None,
     personas: Mapping[str, Iterable[Any]] | None = None,
+    source_files: Mapping[str, str] | None = None,
     out: Path | None = None,
     repo: str | None = None,
 ) -> Path:
     """Assemble the run's finished shards into ``out`` (default ``run_dir/dataset``).
 
-    ``personas`` maps each pool the run used to its personas (``Persona`` records or dicts);
-    without it, the discussion participants stand in. ``agreement`` is the annotation step's
-    ``{dimension: {"alpha", "level", "n_items"}}``. Returns the dataset folder.
+    ``personas`` maps each pool the run used (see ``used_pools``) to its personas (``Persona``
+    records or dicts); without it, the discussion participants stand in. ``agreement`` is the
+    annotation step's ``{dimension: {"alpha", "level", "n_items"}}``; ``source_files`` the
+    recipe's referenced files (relative path -> sha256), recorded in the manifest; ``repo`` the
+    Hub repo the card's examples load from. Returns the dataset folder.
     """
     from .card import render_card  # the card is the last step of assembly
 
     dest = Path(out) if out is not None else store.dataset_dir
+    if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).exists():
+        raise AssembleError(
+            f"{dest.name}/ exists and is not a synth-disco dataset folder: refusing to replace it"
+        )
     discuss = _shard_paths(store, "discuss")
     if not discuss:
         raise AssembleError("no finished shards to assemble: run `synth-disco build` first")
     annotate = _shard_paths(store, "annotate")
     factors = list(recipe.factors)
-    schemas = {k: datasets.Features.from_arrow_schema(s).arrow_schema
-               for k, s in config_schemas(factors).items()}
+    schemas = {
+        k: datasets.Features.from_arrow_schema(s).arrow_schema
+        for k, s in config_schemas(factors).items()
+    }
     max_rows = recipe.output.max_rows_per_file
+    scrub = scrub_pairs(store.root)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     _cleanup_stale(dest.parent, dest.name)
@@ -693,36 +787,42 @@ def assemble(
         disc_paths = [p["discussions"] for _, p in sorted(discuss.items()) if "discussions" in p]
         comm_paths = [p["comments"] for _, p in sorted(discuss.items()) if "comments" in p]
         ann_paths = [p["annotations"] for _, p in sorted(annotate.items()) if "annotations" in p]
-        dims = {d: dim.labels for d, dim in (recipe.annotation.dimensions.items()
-                                             if recipe.annotation else [])}
+        dims = {
+            d: dim.labels
+            for d, dim in (recipe.annotation.dimensions.items() if recipe.annotation else [])
+        }
         stats = StatsCollector(factors, dims)
         written: dict[str, ConfigFiles] = {}
 
-        w_disc = _ConfigWriter(tmp, "discussions", schemas["discussions"], _rows_in(disc_paths), max_rows)
+        w_disc = _ConfigWriter(
+            tmp, "discussions", schemas["discussions"], _rows_in(disc_paths), max_rows
+        )
         w_comm = _ConfigWriter(tmp, "comments", schemas["comments"], _rows_in(comm_paths), max_rows)
         for shard in sorted(discuss):
             paths = discuss[shard]
             cells: dict[str, tuple[str, tuple[str, ...]]] = {}
             ids: list[str] = []
             if "discussions" in paths:
-                for batch in _read_batches(paths["discussions"], schemas["discussions"]):
+                for batch in _read_batches(paths["discussions"], schemas["discussions"], scrub):
                     cells.update(stats.add_discussions(pa.Table.from_batches([batch])))
                     ids.extend(batch.column("discussion_id").to_pylist())
                     w_disc.write(batch)
             counts: Counter[str] = Counter()
             if "comments" in paths:
-                for batch in _read_batches(paths["comments"], schemas["comments"]):
+                for batch in _read_batches(paths["comments"], schemas["comments"], scrub):
                     stats.add_comments(batch, cells, counts)
                     w_comm.write(batch)
             if "events" in paths:
-                for batch in _read_batches(paths["events"], tables.EVENTS):
+                for batch in _read_batches(paths["events"], tables.EVENTS, scrub):
                     stats.add_events(batch)
             stats.end_shard(ids, counts)
         written["discussions"] = w_disc.close()
         written["comments"] = w_comm.close()
 
         if ann_paths:
-            w_ann = _ConfigWriter(tmp, "annotations", schemas["annotations"], _rows_in(ann_paths), max_rows)
+            w_ann = _ConfigWriter(
+                tmp, "annotations", schemas["annotations"], _rows_in(ann_paths), max_rows
+            )
             global_cells: dict[str, tuple[str, tuple[str, ...]]] | None = None
             for shard in sorted(annotate):
                 if "annotations" not in annotate[shard]:
@@ -730,7 +830,9 @@ def assemble(
                 # Annotation shards cover the discussions of the discuss shard with their number;
                 # a global map is built only if that ever fails to hold.
                 cells = _cell_map(discuss.get(shard, {}).get("discussions"), factors)
-                for batch in _read_batches(annotate[shard]["annotations"], schemas["annotations"]):
+                for batch in _read_batches(
+                    annotate[shard]["annotations"], schemas["annotations"], scrub
+                ):
                     ids_here = set(batch.column("discussion_id").to_pylist())
                     if not ids_here <= cells.keys():
                         if global_cells is None:
@@ -747,13 +849,23 @@ def assemble(
         w_per = _ConfigWriter(tmp, "personas", schemas["personas"], len(rows), max_rows)
         for start in range(0, len(rows), READ_BATCH_ROWS):
             w_per.write(
-                pa.RecordBatch.from_pylist(rows[start : start + READ_BATCH_ROWS], schema=schemas["personas"])
+                pa.RecordBatch.from_pylist(
+                    rows[start : start + READ_BATCH_ROWS], schema=schemas["personas"]
+                )
             )
         written["personas"] = w_per.close()
 
         stats_dict = stats.to_dict()
         manifest = build_manifest(
-            recipe, fingerprint, store, written, stats_dict, agreement, tmp, repo=repo
+            recipe,
+            fingerprint,
+            store,
+            written,
+            stats_dict,
+            agreement,
+            tmp,
+            repo=repo,
+            source_files=source_files,
         )
         (tmp / META_DIR).mkdir(parents=True, exist_ok=True)
         (tmp / RECIPE_COPY).write_text(
@@ -777,6 +889,7 @@ def assemble(
             repo=repo,
         )
         check_folder_clean(tmp, private_strings(store.root))
+        _fsync_tree(tmp)
         _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -794,16 +907,19 @@ def build_manifest(
     folder: Path,
     *,
     repo: str | None = None,
+    source_files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The manifest: everything needed to check and re-render the dataset without the run."""
     configs = {name: written[name].to_dict() for name in CONFIGS if name in written}
-    files = {
-        rel: sha256_file(folder / rel) for name in configs for rel in written[name].files
-    }
+    files = {rel: sha256_file(folder / rel) for name in configs for rel in written[name].files}
     shards = {
         stage: [
-            {"shard": i.shard, "files": dict(sorted(i.files.items())),
-             "counts": dict(sorted(i.counts.items())), "members": len(i.members)}
+            {
+                "shard": i.shard,
+                "files": dict(sorted(i.files.items())),
+                "counts": dict(sorted(i.counts.items())),
+                "members": len(i.members),
+            }
             for i in store.done_shards(stage)
         ]
         for stage in ("discuss", "annotate")
@@ -819,6 +935,7 @@ def build_manifest(
         "configs": configs,
         "files": files,
         "shards": shards,
+        "source_files": {portable_model_id(k): v for k, v in sorted((source_files or {}).items())},
         "failures": stats["failures"],
         "agreement": {k: dict(v) for k, v in sorted((agreement or {}).items())} or None,
         "repo": repo,
@@ -833,11 +950,3 @@ def read_manifest(dataset_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise AssembleError(f"{MANIFEST} not found in the dataset folder: assemble the run first")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def iter_config_batches(dataset_dir: Path, config: str) -> Iterator[pa.RecordBatch]:
-    """Stream one config's rows from an assembled folder (for tools that re-read it)."""
-    manifest = read_manifest(dataset_dir)
-    for rel in manifest["configs"].get(config, {}).get("files", []):
-        with contextlib.closing(pq.ParquetFile(Path(dataset_dir) / rel)) as pf:
-            yield from pf.iter_batches(batch_size=READ_BATCH_ROWS)

@@ -8,7 +8,7 @@ Matched design: a discussion's post and its participants depend on the recipe se
 replicate only, not on the cell. Every cell of one replicate therefore discusses the same post
 with the same people (when the cells share a persona pool and participant count), which makes
 comparisons across conditions paired. Instruction variants (e.g. trolls) are drawn per
-discussion from its own seed.
+discussion and participant position from the discussion's seed.
 
 Nothing here touches a global RNG: every draw comes from ``random.Random(derive_seed(...))``.
 """
@@ -28,9 +28,24 @@ from synth_disco.errors import Problem, RecipeError
 from synth_disco.recipe import DesignConfig, Range, Recipe
 from synth_disco.recipe_load import DEFAULT_VARIANT, LoadedRecipe
 from synth_disco.records import DiscussionSpec, Participant, Persona, Post
-from synth_disco.sources import derive_seed
+from synth_disco.seeds import derive_seed
 
 PLAN_BATCH_ROWS = 8192
+# Keys that shape the plan, not one discussion: left out of each spec's config so that a spec
+# does not change when, say, `replicates` is raised (the pools are in the spec itself).
+PLAN_ONLY_KEYS = frozenset({"personas", "posts", "factors", "design", "replicates"})
+
+
+def variant_draws(seed: int, n: int) -> list[float]:
+    """``n`` numbers in [0, 1), one per participant position, from the discussion seed:
+    draw i is the i-th 8-byte chunk of blake2b("{seed}:variants:{block}") (8 per block)."""
+    out: list[float] = []
+    block = 0
+    while len(out) < n:
+        d = hashlib.blake2b(f"{seed}:variants:{block}".encode(), digest_size=64).digest()
+        out.extend((int.from_bytes(d[i : i + 8], "big") >> 11) / 2**53 for i in range(0, 64, 8))
+        block += 1
+    return out[:n]
 
 
 def cell_id(levels: dict[str, str]) -> str:
@@ -80,7 +95,7 @@ class Cell:
     id: str
     levels: dict[str, str]
     recipe: Recipe
-    config: dict[str, Any]  # the recipe as JSON (defaults filled), without personas and posts
+    config: dict[str, Any]  # the recipe as JSON (defaults filled), without PLAN_ONLY_KEYS
     config_json: str
 
 
@@ -149,7 +164,7 @@ class Plan:
                 raise RecipeError(
                     [Problem(loaded.display_path, None, None, "factors", f"cell {where}: {e}")]
                 ) from None
-            config = cell_recipe.model_dump(mode="json", exclude={"personas", "posts"})
+            config = cell_recipe.model_dump(mode="json", exclude=PLAN_ONLY_KEYS)
             self.cells.append(
                 Cell(
                     index=i,
@@ -168,10 +183,15 @@ class Plan:
                 [Problem(loaded.display_path, None, None, "factors", "two cells share an id")]
             )
         self._by_id = {c.id: c for c in self.cells}
+        self._variants = [
+            [(name, v.share, v.instructions) for name, v in c.recipe.discussion.variants.items()]
+            for c in self.cells
+        ]
         self.replicates = recipe.replicates
         self.shard_size = recipe.output.shard_size
         self._posts: list[Post] = loaded.posts()
         self._post_cycle: tuple[int, list[int]] = (-1, [])
+        self._who_cache: tuple[int, dict[Any, tuple[int, ...]]] = (-1, {})
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -213,6 +233,19 @@ class Plan:
             self._post_cycle = (run, order)
         return self._post_cycle[1][pos]
 
+    def _who(self, replicate: int, pool: str, count: int | Range, size: int) -> tuple[int, ...]:
+        """Positions in the pool of a replicate's participants (cached for the replicate,
+        since plan order visits all its cells in a row)."""
+        key = (replicate, pool, count if isinstance(count, int) else (count.min, count.max))
+        if self._who_cache[0] != replicate:
+            self._who_cache = (replicate, {})
+        cache = self._who_cache[1]
+        if key not in cache:
+            rng = random.Random(derive_seed(self.seed, "replicate", replicate))
+            k = count if isinstance(count, int) else rng.randint(count.min, count.max)
+            cache[key] = tuple(rng.sample(range(size), k))
+        return cache[key]
+
     def spec(self, index: int) -> DiscussionSpec:
         """The discussion at plan position ``index``."""
         if not 0 <= index < self.n_discussions:
@@ -225,23 +258,18 @@ class Plan:
         pool: list[Persona] = self.loaded.personas(d.persona_pool)
 
         # Who and what: from the replicate alone, so every cell of a replicate matches.
-        who = random.Random(derive_seed(self.seed, "replicate", replicate))
-        if isinstance(d.participants, Range):
-            k = who.randint(d.participants.min, d.participants.max)
-        else:
-            k = d.participants
-        chosen = who.sample(range(len(pool)), k)
+        chosen = self._who(replicate, d.persona_pool, d.participants, len(pool))
         post = self._posts[self._post_index(replicate)]
 
         # Instruction variants: an independent draw per participant position.
-        draw = random.Random(derive_seed(seed, "variants"))
-        variants = [(name, v.share, v.instructions) for name, v in d.variants.items()]
+        variants = self._variants[ci]
+        draws = variant_draws(seed, len(chosen)) if variants else ()
         participants = []
-        for i in chosen:
+        for pos, i in enumerate(chosen):
             persona = pool[i]
             name, text = DEFAULT_VARIANT, d.instructions
             if variants:
-                u = draw.random()
+                u = draws[pos]
                 acc = 0.0
                 for vname, share, vtext in variants:
                     acc += share

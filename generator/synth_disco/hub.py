@@ -25,6 +25,8 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from synth_disco.errors import SynthDiscoError
+
 CARD_BEGIN = "<!-- synth-disco:begin -->"
 CARD_END = "<!-- synth-disco:end -->"
 README = "README.md"
@@ -41,7 +43,7 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(?:\r?\n|\Z)", 
 PushStatus = Literal["pushed", "unchanged", "pr_opened"]
 
 
-class HubError(Exception):
+class HubError(SynthDiscoError):
     """A publishing failure with a message meant for the user (no traceback needed)."""
 
 

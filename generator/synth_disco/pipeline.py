@@ -26,6 +26,7 @@ from synth_disco.design import plan as make_plan
 from synth_disco.design import write_plan
 from synth_disco.engines import load_engine
 from synth_disco.engines.base import Engine
+from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.recipe import ModelConfig
 from synth_disco.recipe_load import LoadedRecipe, load_recipe
@@ -37,16 +38,20 @@ log = logging.getLogger("synth_disco")
 Stage = Literal["all", "discuss", "annotate", "assemble"]
 
 
-class RunChangedError(RuntimeError):
+class RunChangedError(SynthDiscoError):
     """The recipe differs from the one the run directory was started with."""
 
+    exit_code = 2
 
-class TooManyFailures(RuntimeError):
+
+class TooManyFailures(SynthDiscoError):
     """More discussions failed than ``output.max_failed_fraction`` allows."""
 
 
-class Interrupted(RuntimeError):
+class Interrupted(SynthDiscoError):
     """Stopped by SIGINT/SIGTERM at a step boundary; the run can be resumed."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -253,7 +258,7 @@ def build(
                     store,
                     plan.specs_for_shard,
                     engines,
-                    plan.factor_names,
+                    list(plan.factors),
                     max_concurrent=recipe.run.max_concurrent,
                     retry_failed=retry_failed,
                     should_stop=should_stop,

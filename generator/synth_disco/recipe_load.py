@@ -276,109 +276,86 @@ def _accepts_fileref(types_: list[Any]) -> bool:
 _TEMPLATE_KINDS = ("system", "turn", "moderator_system", "annotation")
 
 
-class _AnyKey(dict):
-    """Sample persona fields: any attribute a template asks for has a value."""
-
-    def __missing__(self, key: str) -> str:
-        return f"<{key}>"
-
-
 def sample_context(kind: str) -> dict[str, Any]:
-    """The variables each prompt template is rendered with (sample values).
+    """The variables a prompt template of ``kind`` is rendered with, with sample values.
 
-    Templates are checked against these at validation time (StrictUndefined), so the prompt
-    builder must provide at least these names for each kind.
+    These mirror what the prompt builders pass (``discussion/prompts.py`` for ``system``,
+    ``moderator_system`` and ``turn``; ``annotation/prompts.py`` for ``annotation``): a
+    template that renders here renders there, and one naming anything else is refused at
+    validation time instead of failing mid-run.
     """
-    persona = {
-        "id": "users-00001",
-        "name": "quiet_heron42",
-        "description": "Age: 41. Current employment: nurse.",
-        "fields": _AnyKey(age="41", current_employment="nurse"),
-    }
-    post = {
-        "id": "post-00000",
-        "title": "A sample title",
-        "author": "OP",
-        "text": "The original post.",
-        "comments": [{"author": "OP", "text": "The original post."}],
-    }
-    history = [
-        {"index": 0, "author": "OP", "text": "The original post.", "role": "op"},
-        {"index": 1, "author": "amber_owl17", "text": "A first reply.", "role": "user"},
-    ]
-    common = {
-        "post": post,
-        "participants": ["quiet_heron42", "amber_owl17", "brisk_fern33"],
-        "context": "A forum about local news.",
-        "turns": 8,
-        "moderator": {"name": "Moderator", "instructions": "Keep it civil."},
-    }
-    if kind == "system":
-        return {
-            **common,
-            "name": "quiet_heron42",
-            "persona": persona,
-            "instructions": "Write as this person would.",
-            "variant": DEFAULT_VARIANT,
-        }
+    if kind in ("system", "moderator_system"):
+        return {"context": "A forum about local news."}
     if kind == "turn":
+        op = {"author": "OP", "role": "op", "text": "The original post."}
+        reply = {"author": "amber_owl17", "role": "user", "text": "A first reply."}
         return {
-            **sample_context("system"),
-            "history": history,
-            "turn": 3,
-        }
-    if kind == "moderator_system":
-        return {
-            **common,
-            "name": "Moderator",
-            "persona": {**persona, "name": "Moderator"},
-            "instructions": "Keep it civil.",
-            "history": history,
-            "turn": 3,
+            "title": "A sample thread",
+            "op": op,
+            "seed_comments": [{"author": "early_bird", "role": "seed", "text": "A seed reply."}],
+            "comments": [reply],
+            "omitted": 2,
+            "speaker": {
+                "name": "quiet_heron42",
+                "role": "user",
+                "persona": "Age: 41. Current employment: nurse.",
+                "instructions": "Write as this person would.",
+            },
+            "parent": reply,
+            "on_demand": False,
         }
     if kind == "annotation":
+
+        def view(position: int, author: str, role: str, text: str) -> dict[str, Any]:
+            note = {"op": " (original post)", "moderator": " (moderator)"}.get(role, "")
+            return {
+                "position": position,
+                "author": author,
+                "role": role,
+                "role_note": note,
+                "text": text,
+            }
+
         return {
-            "annotator": persona,
-            "persona": persona,
-            "instructions": "Label the comment.",
+            "context": [view(1, "OP", "op", "The original post.")],
+            "target": view(2, "amber_owl17", "user", "A first reply."),
+            "annotator": {"id": "a1", "name": "careful_rater", "description": "A careful rater."},
             "dimension": {
                 "name": "toxicity",
-                "labels": ["1", "2", "3", "4", "5"],
                 "level": "ordinal",
                 "instructions": "1 = not toxic, 5 = very toxic.",
-                "descriptions": _AnyKey(),
+                "labels": [{"label": str(i), "description": ""} for i in range(1, 6)],
             },
-            "labels": ["1", "2", "3", "4", "5"],
-            "comment": {
-                "index": 1,
-                "author": "amber_owl17",
-                "text": "A first reply.",
-                "role": "user",
-            },
-            "history": history[:1],
-            "post": post,
+            "method": "score",
+            "rationale": False,
         }
     raise ValueError(kind)
 
 
 def template_environment() -> SandboxedEnvironment:
-    """The Jinja environment recipe templates render in: sandboxed, undefined names fail."""
+    """The Jinja environment recipe templates render in: sandboxed, undefined names fail
+    (as in the prompt builders)."""
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def _chat_template_environment() -> SandboxedEnvironment:
+    # Tokenizer chat templates are rendered by transformers with loop controls enabled.
     return SandboxedEnvironment(
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        extensions=["jinja2.ext.loopcontrols"],
+        undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.loopcontrols"]
     )
 
 
 def check_template(env: SandboxedEnvironment, source: str, kind: str) -> str | None:
     """None if ``source`` renders with the sample context of ``kind``; else the reason."""
+    if kind == "chat_template":
+        # Rendered by the tokenizer with its own variables: the syntax is what we can check.
+        env = _chat_template_environment()
     try:
         tpl = env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         return f"template syntax error (template line {e.lineno}): {e.message}"
     if kind == "chat_template":
-        return None  # rendered by the tokenizer with its own variables; syntax is what we can check
+        return None
     try:
         tpl.render(**sample_context(kind))
     except jinja2.UndefinedError as e:
@@ -598,6 +575,7 @@ class _Checker:
         self.override_paths: list[tuple[KeyPath, str]] = []
         self.problems: list[Problem] = []
         self.files: dict[str, str] = {}
+        self.yaml_bad: list[KeyPath] = []  # paths whose YAML value was refused
 
     # -- locations --------------------------------------------------------------------------
 
@@ -631,15 +609,19 @@ class _Checker:
         for e in err.errors(include_url=False):
             path, tag_at = _clean_loc(e["loc"], data)
             items.append((path, tag_at, e))
-        # When one branch of a union got past the type check (deeper error), the other
-        # branches' "wrong type" errors are noise.
-        deep = {
-            path[:tag_at] for path, tag_at, _ in items if tag_at is not None and len(path) > tag_at
+        # When one branch of a union accepted the value's type (its error is deeper, or about
+        # the value itself), the other branches' "wrong type" errors are noise.
+        matched = {
+            path[:tag_at]
+            for path, tag_at, e in items
+            if tag_at is not None and (len(path) > tag_at or not _is_type_error(e))
         }
         out: dict[KeyPath, list[str]] = {}
         for path, tag_at, e in items:
-            if tag_at is not None and len(path) == tag_at and path in deep:
+            if tag_at is not None and len(path) == tag_at and path in matched and _is_type_error(e):
                 continue
+            if any(path[: len(bad)] == bad for bad in self.yaml_bad):
+                continue  # already reported by the YAML reader (e.g. a refused tag)
             out.setdefault(path, [])
             msg = _message(e, path)
             if msg not in out[path]:
@@ -711,6 +693,11 @@ _TYPE_TAGS = {"int", "str", "float", "bool", "none", "list", "dict", "literal", 
 
 def _is_tag(el: Any) -> bool:
     return isinstance(el, str) and (el[:1].isupper() or "[" in el or el in _TYPE_TAGS)
+
+
+def _is_type_error(e: dict[str, Any]) -> bool:
+    kind = str(e["type"])
+    return kind.endswith(("_type", "_parsing")) or kind == "is_instance_of"
 
 
 def _has(cur: Any, el: Any) -> bool:
@@ -789,12 +776,18 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError([Problem(ck.file, None, None, "", f"cannot read: {e}")]) from None
     data, ck.marks, ck.problems = parse_yaml(text, ck.file)
+    ck.yaml_bad = [
+        _path_of(p.key_path)
+        for p in ck.problems
+        if p.key_path and not p.message.startswith("duplicate key")
+    ]
     if data is None:
         data = {}
     if not isinstance(data, dict):
         ck.add((), "the recipe must be a mapping of keys (name, models, personas, ...)")
         raise RecipeError(ck.problems)
-    ck.record_file(path)
+    # The recipe itself enters the fingerprint as its resolved data (below), so comments and
+    # formatting do not change it.
 
     # --set overrides, before anything is checked.
     for arg in overrides:
@@ -849,6 +842,10 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     loaded.files = dict(sorted(ck.files.items()))
     loaded.fingerprint = fingerprint_of(data, loaded.files)
     return loaded
+
+
+def _path_of(key_path: str) -> KeyPath:
+    return tuple(int(p) if p.isdigit() else p for p in key_path.split(".")) if key_path else ()
 
 
 def _sorted(ck: _Checker) -> list[Problem]:

@@ -14,7 +14,6 @@ and SynDisco log entries (``{"name", "text"}``) as seed comments.
 from __future__ import annotations
 
 import csv
-import hashlib
 import heapq
 import io
 import json
@@ -31,6 +30,7 @@ import yaml
 from synth_disco.errors import SourceError
 from synth_disco.recipe import SourceSpec
 from synth_disco.records import Persona, Post, SeedComment
+from synth_disco.seeds import derive_seed
 
 FILE_FORMATS = {
     ".json": "json",
@@ -46,12 +46,6 @@ FILE_FORMATS = {
 DIR_FORMATS = {".json": "json", ".jsonl": "jsonl", ".yaml": "yaml", ".yml": "yaml", ".txt": "txt"}
 
 DEFAULT_OP_AUTHOR = "OP"
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from the sha256 of ``parts`` joined by ':'; the same on every machine."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass(frozen=True)

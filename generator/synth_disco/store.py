@@ -33,10 +33,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
 
 
-class StoreError(RuntimeError):
+class StoreError(SynthDiscoError):
     """The run directory cannot be used (unwritable, full, locked, or from another recipe)."""
 
 

@@ -1,0 +1,484 @@
+"""synth-disco side by side with SynDisco 2.2.1: same discussions, same model files, same CPU.
+
+What runs (per workload, per repetition, the two systems interleaved, each in a fresh child
+process under the same thread and allocator environment):
+
+- discussions: N discussions x P participants x T turns (T comments each), the same personas,
+  posts and context window (the last ``context_window`` comments), round robin, greedy; every
+  reply is exactly ``new_tokens`` tokens on both sides because both load the same copy of the
+  tiny model whose generation config suppresses end-of-sequence (checked: each child reports
+  how many tokens it really generated);
+- annotation: every comment (the OP included, as SynDisco annotates it), 2 annotators,
+  1 dimension (toxicity on a 1-5 scale), each side on the discussions it just generated.
+  synth-disco uses its ``score`` method (one forward pass per label, batched); SynDisco
+  generates its answer with ``max_out_tokens`` = ``--annotation-tokens`` (default 1, the
+  least that can hold a 1-5 label: the most favourable setting for SynDisco).
+
+SynDisco is installed into its own virtual environment under ``bench/_work/`` (gitignored) on
+first use, with torch from the same local wheel and every shared dependency pinned to the
+versions of this interpreter, so both systems run the same torch and transformers. Its driver
+is generated into ``bench/_work/`` and only calls SynDisco's public API.
+
+    python bench/vs_syndisco.py                     # small and medium, median of 3
+    python bench/vs_syndisco.py --workloads small --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402 (after the path tweak that lets bench/ scripts share it)
+    CONTEXT,
+    INSTRUCTIONS,
+    WORK_DIR,
+    Timer,
+    Workload,
+    forced_length_tiny_model,
+    machine_info,
+    make_discussions,
+    markdown_table,
+    median,
+    peak_rss_mb,
+    persona_text,
+    pinned_env,
+    ratio,
+    run_json_child,
+    set_torch_threads,
+    synth_disco_specs,
+)
+
+SYNDISCO_VERSION = "2.2.1"
+VENV = WORK_DIR / "syndisco-venv"
+WORKLOADS = {
+    "small": Workload("small", discussions=8),
+    "medium": Workload("medium", discussions=64),
+}
+DIMENSION = "toxicity"
+SCALE = ["1", "2", "3", "4", "5"]
+DIMENSION_TEXT = (
+    "Rate how toxic the last comment is, from 1 (not toxic) to 5 (very toxic). "
+    "Answer with the number only."
+)
+ANNOTATORS = [
+    {"name": "Annotator1", "persona": {"age": "34", "occupation": "content moderator"}},
+    {"name": "Annotator2", "persona": {"age": "58", "occupation": "retired teacher"}},
+]
+# Earlier comments shown to an annotator besides the target. SynDisco's history length counts
+# the target itself, so it gets this + 1.
+ANNOTATION_CONTEXT = 2
+
+
+# -- SynDisco's environment ---------------------------------------------------------------------
+def venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def ensure_syndisco() -> Path:
+    """Create the SynDisco venv if missing; return its python."""
+    py = venv_python()
+    check = [str(py), "-c", "import syndisco; print(syndisco.__version__)"]
+    if py.exists():
+        done = subprocess.run(check, capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() == SYNDISCO_VERSION:
+            return py
+    print(f"installing SynDisco {SYNDISCO_VERSION} into {VENV.relative_to(WORK_DIR.parent)} ...",
+          file=sys.stderr)
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    # Pin every package this interpreter has (torch, transformers, numpy, ...) so that both
+    # systems run the same libraries; SynDisco 2.x declares Python >= 3.12, hence the flag
+    # (a plain install on 3.11 silently picks the old 1.0.2 with another API).
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pins = [ln for ln in freeze.splitlines() if "==" in ln and not ln.startswith("-")]
+    constraints = WORK_DIR / "constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    import torch
+
+    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
+    subprocess.run(
+        [*pip, "--ignore-requires-python", "-c", str(constraints), f"syndisco=={SYNDISCO_VERSION}"],
+        check=True,
+    )
+    done = subprocess.run(check, capture_output=True, text=True)
+    if done.returncode != 0 or done.stdout.strip() != SYNDISCO_VERSION:
+        raise RuntimeError(f"SynDisco install failed: {done.stdout}{done.stderr}")
+    return py
+
+
+# The SynDisco driver, generated into bench/_work/. It uses SynDisco's public API only.
+SYNDISCO_DRIVER = r'''
+"""Generated by bench/vs_syndisco.py: run one workload through SynDisco, print a JSON line."""
+import json, resource, sys, time
+
+spec = json.load(open(sys.argv[1]))
+start = time.perf_counter()
+import torch
+
+torch.set_num_threads(spec["threads"])
+torch.set_num_interop_threads(1)
+import syndisco
+
+model = syndisco.TransformersModel(
+    model_path=spec["model_path"], name="tiny", max_out_tokens=spec["new_tokens"]
+)
+annotator_model = syndisco.TransformersModel(
+    model_path=spec["model_path"], name="tiny", max_out_tokens=spec["annotation_tokens"]
+)
+# Count the tokens generate() really produced (SynDisco strips and decodes the text).
+generated = []
+for m in (model, annotator_model):
+    inner = m.model.generate
+
+    def counted(*args, _inner=inner, **kwargs):
+        out = _inner(*args, **kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    m.model.generate = counted
+startup_s = time.perf_counter() - start
+
+t0 = time.perf_counter()
+logs = []
+for d in spec["discussions"]:
+    users = [
+        syndisco.Actor(
+            model=model,
+            persona=p["persona"],
+            context=spec["context"],
+            instructions=spec["instructions"],
+            name=p["name"],
+        )
+        for p in d["participants"]
+    ]
+    discussion = syndisco.Discussion(
+        next_turn_manager=syndisco.QueueTurnManager(),
+        users=users,
+        history_context_len=spec["context_window"],
+        conv_len=spec["turns"],
+        seed_opinions=[d["op"]],
+        seed_opinion_usernames=[d["op_author"]],
+    )
+    discussion.begin(verbose=False)
+    logs.append(discussion.get_logs())
+discuss_s = time.perf_counter() - t0
+discuss_tokens = list(generated)
+generated.clear()
+
+t0 = time.perf_counter()
+labels = 0
+for a in spec["annotators"]:
+    annotator = syndisco.Actor(
+        model=annotator_model,
+        persona=a["persona"],
+        context=spec["context"],
+        instructions=spec["annotation_instructions"],
+        is_annotator=True,
+        name=a["name"],
+    )
+    for log in logs:
+        job = syndisco.Annotation(annotator, log, history_ctx_len=spec["annotation_history"])
+        job.begin(verbose=False)
+        labels += len(job.get_logs())
+annotate_s = time.perf_counter() - t0
+
+comments = sum(len(log) - 1 for log in logs)  # minus the OP (a seed opinion)
+print(json.dumps({
+    "startup_s": startup_s,
+    "discuss_s": discuss_s,
+    "annotate_s": annotate_s,
+    "comments": comments,
+    "generated_tokens": sum(discuss_tokens),
+    "min_tokens": min(discuss_tokens),
+    "max_tokens": max(discuss_tokens),
+    "labels": labels,
+    "annotated_comments": sum(len(log) for log in logs),
+    "annotation_tokens": sum(generated),
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+}))
+'''
+
+
+# -- the synth-disco driver (this file, run with --driver) --------------------------------------
+def synth_disco_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one workload through synth-disco's runner and annotation stage; return measures."""
+    import time
+
+    start = time.perf_counter()
+    set_torch_threads(spec["threads"])
+    from synth_disco.annotation.stage import run_annotation_stage
+    from synth_disco.engines.hf import TransformersEngine
+    from synth_disco.recipe import AnnotationConfig
+    from synth_disco.records import Persona
+    from synth_disco.runner import DiscussionRunner
+    from synth_disco.store import RunStore
+
+    logging.getLogger("synth_disco").setLevel(logging.WARNING)
+    engine = TransformersEngine(
+        spec["model_path"],
+        model_id="tiny",
+        dtype="float32",
+        device="cpu",
+        max_batch_size=spec["max_batch_size"],
+    )
+    startup_s = time.perf_counter() - start
+    w = Workload(**spec["workload"])
+    model_cfg = {"engine": "tiny", "model": "tiny", "max_new_tokens": w.new_tokens}
+    specs = synth_disco_specs(w, model_cfg)
+    cfg = AnnotationConfig.model_validate(
+        {
+            "annotators": {"pool": "annotators", "per_comment": "all"},
+            "context_window": ANNOTATION_CONTEXT,
+            "method": "score",
+            "include_seed": True,
+            "instructions": spec["context"],
+            "dimensions": {DIMENSION: {"scale": SCALE, "instructions": DIMENSION_TEXT}},
+        }
+    )
+    annotators = [
+        Persona(id=f"a{i}", name=a["name"], description=persona_text(a["persona"]))
+        for i, a in enumerate(spec["annotators"])
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-vs-") as tmp:
+        store = RunStore(Path(tmp))
+        runner = DiscussionRunner(
+            store,
+            lambda shard: specs,
+            lambda c: engine,
+            [],
+            max_concurrent=spec["max_concurrent"],
+        )
+        with Timer() as t_disc:
+            result = runner.run([0])
+        if result.failed:
+            raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
+        comments = store.read_shard("discuss", 0, "comments")
+        with Timer() as t_ann:
+            ann = run_annotation_stage(
+                store,
+                lambda shard: store.read_shard("discuss", shard, "comments"),
+                [0],
+                cfg,
+                annotators,
+                engine,
+                model_name="tiny",
+                seed=w.seed,
+                progress=lambda n: None,
+            )
+        labels = store.read_shard("annotate", 0, "annotations").num_rows
+    tokens = [
+        r["completion_tokens"] for r in comments.to_pylist() if r["role"] not in ("op", "seed")
+    ]
+    return {
+        "startup_s": startup_s,
+        "discuss_s": t_disc.seconds,
+        "annotate_s": t_ann.seconds,
+        "comments": len(tokens),
+        "generated_tokens": sum(tokens),
+        "min_tokens": min(tokens),
+        "max_tokens": max(tokens),
+        "labels": labels,
+        "label_failures": ann.failed,
+        "annotated_comments": comments.num_rows,
+        "annotation_tokens": 0,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# -- orchestration ------------------------------------------------------------------------------
+def child_spec(w: Workload, args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
+    return {
+        "workload": w.to_dict(),
+        "discussions": make_discussions(w),
+        "turns": w.turns,
+        "new_tokens": w.new_tokens,
+        "context_window": w.context_window,
+        "model_path": str(model_path),
+        "threads": args.threads,
+        "context": CONTEXT,
+        "instructions": INSTRUCTIONS,
+        "annotators": ANNOTATORS,
+        "annotation_instructions": DIMENSION_TEXT,
+        "annotation_history": ANNOTATION_CONTEXT + 1,
+        "annotation_tokens": args.annotation_tokens,
+        "max_concurrent": args.max_concurrent,
+        "max_batch_size": args.max_batch_size,
+    }
+
+
+def run_side(system: str, spec_path: Path, threads: int, timeout: float) -> dict[str, Any]:
+    env = pinned_env(threads)
+    env["TQDM_DISABLE"] = "1"  # SynDisco draws progress bars; neither side should print
+    if system == "SynDisco":
+        driver = WORK_DIR / "syndisco_driver.py"
+        driver.write_text(SYNDISCO_DRIVER)
+        cmd = [str(venv_python()), str(driver), str(spec_path)]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--driver", str(spec_path)]
+    with Timer() as t:
+        out = run_json_child(cmd, env, timeout)
+    out["wall_s"] = t.seconds
+    return out
+
+
+def summarise(w: Workload, runs: dict[str, list[dict[str, Any]]]) -> list[list[Any]]:
+    """Table rows (discussions then annotation) for one workload, medians over runs."""
+    rows: list[list[Any]] = []
+    rates: dict[tuple[str, str], float] = {}
+    for stage in ("discussions", "annotation"):
+        for system in ("SynDisco", "synth-disco"):
+            rs = runs[system]
+            rss = median([r["peak_rss_mb"] for r in rs])
+            if stage == "discussions":
+                secs = median([r["discuss_s"] for r in rs])
+                comments = rs[-1]["comments"]
+                rate = comments / secs
+                row = [
+                    w.name,
+                    stage,
+                    system,
+                    w.discussions / secs,
+                    rate,
+                    float("nan"),
+                    rs[-1]["generated_tokens"] / secs,
+                    f"{rs[-1]['min_tokens']}-{rs[-1]['max_tokens']}",
+                ]
+            else:
+                secs = median([r["annotate_s"] for r in rs])
+                rate = rs[-1]["labels"] / secs
+                row = [
+                    w.name,
+                    stage,
+                    system,
+                    w.discussions / secs,
+                    rs[-1]["annotated_comments"] / secs,
+                    rate,
+                    rs[-1]["annotation_tokens"] / secs,
+                    "score" if system == "synth-disco" else "generate",
+                ]
+            rates[(stage, system)] = rate
+            row += [rss, secs, median([r["startup_s"] for r in rs])]
+            row.append(ratio(rate, rates[(stage, "SynDisco")]) if system == "synth-disco" else 1.0)
+            rows.append(row)
+    return rows
+
+
+HEADERS = [
+    "workload",
+    "stage",
+    "system",
+    "discussions/s",
+    "comments/s",
+    "labels/s",
+    "generated tokens/s",
+    "tokens per reply / method",
+    "peak RSS MiB",
+    "seconds",
+    "start-up s",
+    "synth-disco / SynDisco",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", default="small,medium", help="comma list: small, medium")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--annotation-tokens", type=int, default=1)
+    ap.add_argument("--max-concurrent", type=int, default=64)
+    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child run")
+    ap.add_argument("--json", type=Path, default=None, help="also write every run here")
+    ap.add_argument("--driver", type=Path, default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.driver is not None:  # child: synth-disco side of one run
+        spec = json.loads(args.driver.read_text())
+        print(json.dumps(synth_disco_child(spec)))
+        return
+
+    ensure_syndisco()
+    model_path = forced_length_tiny_model(WORK_DIR / "tiny-forced")
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {unknown}: use {', '.join(WORKLOADS)}")
+    specs = {}
+    for name in names:
+        path = WORK_DIR / f"workload-{name}.json"
+        path.write_text(json.dumps(child_spec(WORKLOADS[name], args, model_path)))
+        specs[name] = path
+
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        n: {"SynDisco": [], "synth-disco": []} for n in names
+    }
+    loads = []
+    for rep in range(args.repeats):
+        for name in names:
+            order = ["SynDisco", "synth-disco"]
+            if rep % 2:
+                order.reverse()
+            for system in order:
+                loads.append(os.getloadavg()[0])
+                r = run_side(system, specs[name], args.threads, args.timeout)
+                runs[name][system].append(r)
+                print(
+                    f"rep {rep + 1} {name} {system}: discuss {r['discuss_s']:.1f}s, "
+                    f"annotate {r['annotate_s']:.1f}s, rss {r['peak_rss_mb']:.0f} MiB",
+                    file=sys.stderr,
+                )
+
+    rows = [row for name in names for row in summarise(WORKLOADS[name], runs[name])]
+    info = machine_info()
+    print(
+        f"SynDisco {SYNDISCO_VERSION} vs synth-disco; tiny model (forced {WORKLOADS[names[0]].new_tokens}"
+        f" new tokens per reply), greedy, float32, {args.threads} threads, pinned allocator; "
+        f"median of {args.repeats} interleaved runs, each in a fresh process"
+    )
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores; torch {info.get('torch')}, "
+        f"transformers {info.get('transformers')}; 1-min load at run starts "
+        f"{min(loads):.1f}-{max(loads):.1f}"
+    )
+    for name in names:
+        w = WORKLOADS[name]
+        print(
+            f"{name}: {w.discussions} discussions x {w.participants} participants x {w.turns} "
+            f"turns x {w.new_tokens} tokens, context window {w.context_window}; annotation: "
+            f"{len(ANNOTATORS)} annotators x 1 dimension x every comment incl. the OP"
+        )
+    print()
+    print(markdown_table(HEADERS, rows))
+    print()
+    for name in names:
+        d = next(r for r in rows if r[0] == name and r[1] == "discussions" and r[2] == "synth-disco")
+        a = next(r for r in rows if r[0] == name and r[1] == "annotation" and r[2] == "synth-disco")
+        s = next(r for r in rows if r[0] == name and r[1] == "discussions" and r[2] == "SynDisco")
+        print(
+            f"{name}: comments/s {d[-1]:.1f}x, annotation labels/s {a[-1]:.1f}x, "
+            f"peak RSS {ratio(d[8], s[8]):.2f}x SynDisco's"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": info, "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
