@@ -134,7 +134,7 @@ def write_run(root: Path, n: int, comments: int, shard_size: int, seed: int = 0)
                 "seed_comments": [[] for _ in range(m)],
                 "participants": parts,
                 "moderator": [None] * m,
-                "turn_taking": ["round_robin"] * m,
+                "turn_policy": ["round_robin"] * m,
                 "turns": [comments] * m,
                 "context_window": [5] * m,
                 "model": ["tiny"] * m,

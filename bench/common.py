@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-WORK_DIR = BENCH_DIR / "_work"  # gitignored: venvs, model copies, generated drivers, run dirs
+# Venvs, model copies, generated drivers: gitignored; SYNTH_DISCO_BENCH_WORK moves it elsewhere.
+WORK_DIR = Path(os.environ.get("SYNTH_DISCO_BENCH_WORK") or BENCH_DIR / "_work").resolve()
 
 # glibc returns big freed blocks to the OS and re-faulting them costs seconds per new tensor
 # shape on these VMs (see the performance notes); these keep the heap mapped. The values are

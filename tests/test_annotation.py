@@ -727,11 +727,11 @@ def tiny_engine():
 
 
 def test_tiny_model_score_method_end_to_end(tmp_path, tiny_engine):
-    cfg = make_cfg()
-    shards = shard_tables(make_comments(2, 4), per_shard=1)
+    cfg = make_cfg(context_window=1)
+    shards = shard_tables(make_comments(2, 3), per_shard=1)
     store, result = run(tmp_path / "a", cfg, tiny_engine, shards, max_batch=64)
     rows = all_rows(store)
-    assert len(rows) == 2 * 3 * 3 * 2 and result.engine_calls == 2  # one call per shard
+    assert len(rows) == 2 * 2 * 3 * 2 and result.engine_calls == 2  # one call per shard
     for r in rows:
         probs = [s["prob"] for s in r["scores"]]
         assert math.isclose(sum(probs), 1.0, abs_tol=1e-6)
@@ -741,6 +741,7 @@ def test_tiny_model_score_method_end_to_end(tmp_path, tiny_engine):
     crashing = CrashingWrapper(tiny_engine, crash_after=2)
     with pytest.raises(SimulatedCrash):
         run(tmp_path / "b", cfg, crashing, shards, max_batch=5)
+    assert len(list(RunStore(tmp_path / "b").read_journal("annotate", 0))) == 5
     store_b, _ = run(tmp_path / "b", cfg, tiny_engine, shards, max_batch=7)
     rows_b = all_rows(store_b)
     assert [r["label"] for r in rows_b] == [r["label"] for r in rows]

@@ -94,7 +94,7 @@ def _discussion(
             "instructions": "Be firm",
             "model": "tiny",
         },
-        "turn_taking": "round_robin",
+        "turn_policy": "round_robin",
         "turns": 3,
         "context_window": 5,
         "model": "tiny",
@@ -446,8 +446,8 @@ def test_nothing_to_assemble(tmp_path: Path) -> None:
 def test_factor_names_clashing_with_columns_are_refused(tmp_path: Path) -> None:
     store = make_run(tmp_path / "run")
     recipe, raw = make_recipe()
-    raw["factors"] = {"turn_taking": {"a": {}}}
-    with pytest.raises(AssembleError, match="turn_taking"):
+    raw["factors"] = {"turn_policy": {"a": {}}}
+    with pytest.raises(AssembleError, match="turn_policy"):
         assemble(store, Recipe.model_validate(raw), raw, "fp")
 
 

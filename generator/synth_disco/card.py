@@ -27,6 +27,7 @@ from .dataset import (
     MANIFEST,
     RECIPE_COPY,
     AssembleError,
+    dump_yaml,
     portable_model_id,
     portable_recipe,
     read_manifest,
@@ -71,7 +72,7 @@ COLUMN_DOCS = {
     "seed_comments": "comments that existed before generation started",
     "participants": "the user agents: name, persona, instruction variant, instructions",
     "moderator": "the moderator agent (null when none)",
-    "turn_taking": "turn-taking policy",
+    "turn_policy": "turn-taking policy",
     "turns": "number of generated turns requested",
     "context_window": "number of previous comments shown to each speaker",
     "model": "model that generated the row",
@@ -475,6 +476,12 @@ def _citation(recipe: Recipe, repo: str, package_version: str) -> str:
     )
 
 
+def _level_rank(recipe: Recipe, factor: str, level: str) -> tuple[int, str]:
+    """Sort key: the level's position in the recipe (unknown levels last, by name)."""
+    levels = list(recipe.factors.get(factor, {}))
+    return (levels.index(level), "") if level in levels else (len(levels), level)
+
+
 def card_context(
     dataset_dir: Path,
     recipe: Recipe,
@@ -531,17 +538,10 @@ def card_context(
             "words": "" if s["words_per_comment"] is None else f"{s['words_per_comment']:.1f}",
         }
         for f, levels in stats["by_level"].items()
-        for lv, s in levels.items()
+        for lv, s in sorted(levels.items(), key=lambda kv: _level_rank(recipe, f, kv[0]))
     ]
     patches = (
-        yaml.safe_dump(
-            portable_recipe(json.loads(json.dumps(recipe.factors))),
-            sort_keys=False,
-            allow_unicode=True,
-            width=100,
-        )
-        if recipe.factors
-        else ""
+        dump_yaml(portable_recipe(json.loads(json.dumps(recipe.factors)))) if recipe.factors else ""
     )
     return {
         "name": recipe.name,
@@ -559,7 +559,12 @@ def card_context(
             "mode": recipe.design.mode,
             "replicates": recipe.replicates,
             "seed": recipe.seed,
-            "cells": stats["cells"],
+            "cells": sorted(
+                stats["cells"],
+                key=lambda c: [
+                    _level_rank(recipe, f, c["levels"].get(f, "")) for f in recipe.factors
+                ],
+            ),
             "patches": patches,
             "participants": participants,
             "turns": d.turns,
@@ -639,7 +644,8 @@ def render_card(
         if recipe.annotation
         else {}
     )
-    figures = draw_figures(dataset_dir, stats, list(recipe.factors), ordinal)
+    order = {f: list(levels) for f, levels in recipe.factors.items()}
+    figures = draw_figures(dataset_dir, stats, list(recipe.factors), ordinal, order)
     context = card_context(
         dataset_dir, recipe, fingerprint, stats, manifest, features, figures, agreement, repo
     )

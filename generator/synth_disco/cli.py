@@ -170,3 +170,185 @@ def plan(recipe: Path, overrides: tuple[str, ...], output: Path | None) -> None:
     if output is not None:
         write_plan(p, output)
         click.echo(f"wrote {output.as_posix()} ({p.n_discussions:,} rows)")
+
+
+# ---------------------------------------------------------------------------------------------
+# build, status, show
+
+
+@main.command()
+@recipe_argument
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory (default: runs/<name>-<version>).",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["all", "discuss", "annotate", "assemble"]),
+    default="all",
+    show_default=True,
+    help="Run only one step (the ones before it must be done).",
+)
+@click.option("--retry-failed", is_flag=True, help="Run failed discussions again.")
+@click.option("--push", "do_push", is_flag=True, help="Push the dataset to the Hub when done.")
+@click.option("--repo", help="Hub dataset repo for --push (default: output.hub.repo).")
+@click.option("--create-pr", is_flag=True, help="With --push: open a pull request instead.")
+@click.option("-v", "--verbose", is_flag=True, help="Print debug detail too.")
+@cli_errors()
+def build(
+    recipe: Path,
+    overrides: tuple[str, ...],
+    out: Path | None,
+    stage: str,
+    retry_failed: bool,
+    do_push: bool,
+    repo: str | None,
+    create_pr: bool,
+    verbose: bool,
+) -> None:
+    """Plan, generate, annotate and assemble RECIPE into a dataset; resumes where it stopped."""
+    from synth_disco.pipeline import build as run_build
+
+    if recipe.is_dir():
+        recipe = recipe / "recipe.yaml"
+    report = run_build(
+        recipe,
+        list(overrides),
+        out=out,
+        stage=stage,  # type: ignore[arg-type]
+        retry_failed=retry_failed,
+        verbose=verbose,
+    )
+    for line in report.messages:
+        click.echo(line)
+    if report.dataset_dir is not None:
+        click.echo(f"dataset: {report.dataset_dir.as_posix()}")
+    if do_push and report.dataset_dir is not None:
+        _push(report.run_dir, repo, private=None, create_pr=create_pr, overwrite_card=False)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@cli_errors()
+def status(run_dir: Path) -> None:
+    """Progress of a run: shards, discussions, comments, tokens, ETA (also while it runs)."""
+    from synth_disco.runinfo import run_status
+
+    try:
+        click.echo(run_status(run_dir).render())
+    except FileNotFoundError as e:
+        click.echo(f"error: {e}", err=True)
+        raise click.exceptions.Exit(2) from None
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--discussion", "discussion_id", help="Print this discussion as a thread.")
+@click.option("--limit", default=20, show_default=True, help="How many discussions to list.")
+@cli_errors()
+def show(run_dir: Path, discussion_id: str | None, limit: int) -> None:
+    """List a run's discussions, or print one as a thread."""
+    from synth_disco.runinfo import list_discussions, render_thread
+
+    if discussion_id is None:
+        rows = list_discussions(run_dir, limit)
+        if not rows:
+            click.echo("no finished discussions yet")
+        for r in rows:
+            click.echo(f"{r['discussion_id']}  {r['status']:<6}  {r['n_comments']} comments")
+        return
+    try:
+        click.echo(render_thread(run_dir, discussion_id), nl=False)
+    except KeyError as e:
+        click.echo(f"error: {e.args[0]}", err=True)
+        raise click.exceptions.Exit(2) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# annotate
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@recipe_argument
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory for the labels (default: DATA itself for a run directory, "
+    "else DATA-annotated).",
+)
+@cli_errors()
+def annotate(data: Path, recipe: Path, overrides: tuple[str, ...], out: Path | None) -> None:
+    """Label the comments in DATA (a run directory, a dataset folder, or SynDisco JSON files)
+    with the annotation section of RECIPE."""
+    from synth_disco.annotation.existing import annotate_existing
+
+    loaded = load(recipe, overrides)
+    run_dir = annotate_existing(data, loaded, out)
+    click.echo(f"annotations: {run_dir.as_posix()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# card, push
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", help="Repo id used in the card's loading examples.")
+@cli_errors()
+def card(run_dir: Path, repo: str | None) -> None:
+    """Re-render the dataset card (README.md and figures) of an assembled run."""
+    from synth_disco.card import rerender_card
+
+    path = rerender_card(run_dir, repo=repo)
+    click.echo(f"card: {path.as_posix()}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", help="Hub dataset repo (default: output.hub.repo of the recipe).")
+@click.option("--private/--public", default=None, help="Visibility when creating the repo.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option(
+    "--overwrite-card", is_flag=True, help="Replace a Hub README that has no synth-disco markers."
+)
+@cli_errors()
+def push(
+    run_dir: Path, repo: str | None, private: bool | None, create_pr: bool, overwrite_card: bool
+) -> None:
+    """Publish RUN_DIR's dataset to the Hub in one commit tagged v<version>."""
+    _push(run_dir, repo, private=private, create_pr=create_pr, overwrite_card=overwrite_card)
+
+
+def _push(
+    run_dir: Path,
+    repo: str | None,
+    *,
+    private: bool | None,
+    create_pr: bool,
+    overwrite_card: bool,
+) -> None:
+    import yaml
+
+    from synth_disco.errors import SynthDiscoError
+    from synth_disco.hub import push_folder
+
+    dataset = run_dir / "dataset"
+    recipe_file = run_dir / "recipe.yaml"
+    if not (dataset / "README.md").exists() or not recipe_file.exists():
+        raise SynthDiscoError(f"{run_dir.as_posix()} has no assembled dataset: build it first")
+    raw = yaml.safe_load(recipe_file.read_text(encoding="utf-8"))
+    hub = (raw.get("output") or {}).get("hub") or {}
+    repo = repo or hub.get("repo")
+    if not repo:
+        raise SynthDiscoError("no repo given: pass --repo ORG/NAME or set output.hub.repo")
+    result = push_folder(
+        dataset,
+        repo,
+        raw["version"],
+        private=bool(hub.get("private")) if private is None else private,
+        create_pr=create_pr,
+        overwrite_card=overwrite_card,
+    )
+    click.echo(result.message or f"{result.status}: {result.url}")

@@ -168,6 +168,23 @@ def used_pools(recipe: Recipe) -> dict[str, str]:
     return pools
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Safe YAML with multi-line strings as ``|`` blocks, so prompts read as written."""
+
+
+def _str_block(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_block)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML for people: keys in their order, unicode kept, multi-line strings as blocks."""
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)
+
+
 # -- writing ---------------------------------------------------------------------------------
 
 
@@ -869,7 +886,7 @@ def assemble(
         )
         (tmp / META_DIR).mkdir(parents=True, exist_ok=True)
         (tmp / RECIPE_COPY).write_text(
-            yaml.safe_dump(portable_recipe(raw_recipe), sort_keys=False, allow_unicode=True),
+            dump_yaml(portable_recipe(raw_recipe)),
             encoding="utf-8",
         )
         (tmp / MANIFEST).write_text(

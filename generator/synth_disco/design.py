@@ -10,7 +10,8 @@ with the same people (when the cells share a persona pool and participant count)
 comparisons across conditions paired. Instruction variants (e.g. trolls) are drawn per
 discussion and participant position from the discussion's seed.
 
-Nothing here touches a global RNG: every draw comes from ``random.Random(derive_seed(...))``.
+Nothing here touches a global RNG: every draw comes from ``random.Random(derive_seed(...))``
+or from a hash of the discussion seed (``variant_draws``), so plans are identical everywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import math
 import random
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,10 @@ PLAN_BATCH_ROWS = 8192
 PLAN_ONLY_KEYS = frozenset({"personas", "posts", "factors", "design", "replicates"})
 
 
+_EIGHT_U64 = struct.Struct(">8Q")
+_INV_2_53 = 1.0 / (1 << 53)
+
+
 def variant_draws(seed: int, n: int) -> list[float]:
     """``n`` numbers in [0, 1), one per participant position, from the discussion seed:
     draw i is the i-th 8-byte chunk of blake2b("{seed}:variants:{block}") (8 per block)."""
@@ -43,7 +49,7 @@ def variant_draws(seed: int, n: int) -> list[float]:
     block = 0
     while len(out) < n:
         d = hashlib.blake2b(f"{seed}:variants:{block}".encode(), digest_size=64).digest()
-        out.extend((int.from_bytes(d[i : i + 8], "big") >> 11) / 2**53 for i in range(0, 64, 8))
+        out.extend([(x >> 11) * _INV_2_53 for x in _EIGHT_U64.unpack(d)])
         block += 1
     return out[:n]
 
@@ -97,6 +103,18 @@ class Cell:
     recipe: Recipe
     config: dict[str, Any]  # the recipe as JSON (defaults filled), without PLAN_ONLY_KEYS
     config_json: str
+
+
+@dataclass(frozen=True)
+class _Draw:
+    cell: Cell
+    replicate: int
+    discussion_id: str
+    seed: int
+    pool: list[Persona]
+    chosen: tuple[int, ...]
+    post: Post
+    picks: list[int]  # per participant: index into the cell's variants, -1 for the default
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,7 @@ class Plan:
         for i, levels in enumerate(select_cells(self.factors, recipe.design, recipe.seed)):
             try:
                 cell_recipe = loaded.cell_recipe(levels)
-            except Exception as e:  # only reachable past MAX_CELLS_CHECKED cells
+            except ValueError as e:  # (ValidationError too) only past MAX_CELLS_CHECKED cells
                 where = ", ".join(f"{f}={v}" for f, v in levels.items())
                 raise RecipeError(
                     [Problem(loaded.display_path, None, None, "factors", f"cell {where}: {e}")]
@@ -246,8 +264,8 @@ class Plan:
             cache[key] = tuple(rng.sample(range(size), k))
         return cache[key]
 
-    def spec(self, index: int) -> DiscussionSpec:
-        """The discussion at plan position ``index``."""
+    def _draw(self, index: int) -> _Draw:
+        """The random choices of discussion ``index`` (no record objects: cheap to stream)."""
         if not 0 <= index < self.n_discussions:
             raise IndexError(f"discussion {index} out of range (0..{self.n_discussions - 1})")
         replicate, ci = divmod(index, self.n_cells)
@@ -255,42 +273,70 @@ class Plan:
         did = discussion_id(cell.id, replicate)
         seed = derive_seed(self.seed, did)
         d = cell.recipe.discussion
-        pool: list[Persona] = self.loaded.personas(d.persona_pool)
+        pool = self.loaded.personas(d.persona_pool)
 
         # Who and what: from the replicate alone, so every cell of a replicate matches.
         chosen = self._who(replicate, d.persona_pool, d.participants, len(pool))
         post = self._posts[self._post_index(replicate)]
 
-        # Instruction variants: an independent draw per participant position.
+        # Instruction variants: an independent draw per participant position; -1 = default.
         variants = self._variants[ci]
-        draws = variant_draws(seed, len(chosen)) if variants else ()
-        participants = []
-        for pos, i in enumerate(chosen):
-            persona = pool[i]
-            name, text = DEFAULT_VARIANT, d.instructions
-            if variants:
-                u = draws[pos]
+        picks = [-1] * len(chosen)
+        if variants:
+            for pos, u in enumerate(variant_draws(seed, len(chosen))):
                 acc = 0.0
-                for vname, share, vtext in variants:
+                for v, (_, share, _) in enumerate(variants):
                     acc += share
                     if u < acc:
-                        name, text = vname, vtext
+                        picks[pos] = v
                         break
+        return _Draw(cell, replicate, did, seed, pool, chosen, post, picks)
+
+    def spec(self, index: int) -> DiscussionSpec:
+        """The discussion at plan position ``index``."""
+        dr = self._draw(index)
+        cell = dr.cell
+        variants = self._variants[cell.index]
+        default = cell.recipe.discussion.instructions
+        participants = []
+        for i, v in zip(dr.chosen, dr.picks, strict=True):
+            persona = dr.pool[i]
+            name, text = (DEFAULT_VARIANT, default) if v < 0 else (variants[v][0], variants[v][2])
             assert isinstance(text, str)  # the loader replaced file references by text
             participants.append(Participant(persona.name, persona, name, text))
-
         return DiscussionSpec(
-            discussion_id=did,
+            discussion_id=dr.discussion_id,
             index=index,
             cell_id=cell.id,
             cell=dict(cell.levels),
-            replicate=replicate,
-            seed=seed,
+            replicate=dr.replicate,
+            seed=dr.seed,
             shard=index // self.shard_size,
-            post=post,
+            post=dr.post,
             participants=tuple(participants),
             config=cell.config,  # shared by the cell's specs: treat as read-only
         )
+
+    def rows(self, start: int = 0, stop: int | None = None) -> Iterator[dict[str, Any]]:
+        """plan.parquet rows in plan order (what ``write_plan`` writes)."""
+        stop = self.n_discussions if stop is None else min(stop, self.n_discussions)
+        for index in range(start, stop):
+            dr = self._draw(index)
+            variants = self._variants[dr.cell.index]
+            yield {
+                "discussion_id": dr.discussion_id,
+                "index": index,
+                "cell_id": dr.cell.id,
+                **dr.cell.levels,
+                "replicate": dr.replicate,
+                "seed": dr.seed,
+                "shard": index // self.shard_size,
+                "post_id": dr.post.id,
+                "participants": [dr.pool[i].id for i in dr.chosen],
+                "variants": [DEFAULT_VARIANT if v < 0 else variants[v][0] for v in dr.picks],
+                "n_participants": len(dr.chosen),
+                "config_json": dr.cell.config_json,
+            }
 
     def iter_specs(self, start: int = 0, stop: int | None = None) -> Iterator[DiscussionSpec]:
         """Specs in plan order, made one at a time (memory does not grow with the plan)."""
@@ -416,20 +462,9 @@ def write_plan(plan: Plan, path: str | Path, batch_rows: int = PLAN_BATCH_ROWS) 
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for start in range(0, plan.n_discussions, batch_rows):
                 cols: dict[str, list[Any]] = {n: [] for n in names}
-                for s in plan.iter_specs(start, start + batch_rows):
-                    cols["discussion_id"].append(s.discussion_id)
-                    cols["index"].append(s.index)
-                    cols["cell_id"].append(s.cell_id)
-                    for f in factors:
-                        cols[f].append(s.cell[f])
-                    cols["replicate"].append(s.replicate)
-                    cols["seed"].append(s.seed)
-                    cols["shard"].append(s.shard)
-                    cols["post_id"].append(s.post.id)
-                    cols["participants"].append([p.persona.id for p in s.participants])
-                    cols["variants"].append([p.variant for p in s.participants])
-                    cols["n_participants"].append(len(s.participants))
-                    cols["config_json"].append(plan.cell(s.cell_id).config_json)
+                for row in plan.rows(start, start + batch_rows):
+                    for n in names:
+                        cols[n].append(row[n])
                 writer.write_batch(pa.record_batch([cols[n] for n in names], schema=schema))
         tmp.replace(path)
     finally:

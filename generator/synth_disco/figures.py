@@ -73,10 +73,18 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
 
 
-def _groups(stats: Mapping[str, Any], factors: list[str]) -> list[tuple[str, dict[str, Any]]]:
+def _ordered(levels: Mapping[str, Any], order: list[str]) -> dict[str, Any]:
+    """``levels`` in recipe order; levels the recipe does not name follow, by name."""
+    known = [lv for lv in order if lv in levels]
+    return {lv: levels[lv] for lv in known + sorted(set(levels) - set(known))}
+
+
+def _groups(
+    stats: Mapping[str, Any], factors: list[str], order: Mapping[str, list[str]]
+) -> list[tuple[str, dict[str, Any]]]:
     """(factor, {level: level stats}); a recipe without factors gets one overall group."""
     by_level = stats.get("by_level") or {}
-    groups = [(f, by_level[f]) for f in factors if by_level.get(f)]
+    groups = [(f, _ordered(by_level[f], order.get(f, []))) for f in factors if by_level.get(f)]
     if groups:
         return groups
     overall = {
@@ -93,17 +101,19 @@ def draw_figures(
     stats: Mapping[str, Any],
     factors: list[str],
     ordinal: Mapping[str, bool] | None = None,
+    level_order: Mapping[str, list[str]] | None = None,
 ) -> list[CardFigure]:
     """Draw the card's figures into ``dataset_dir/figures`` and return them in card order.
 
-    ``ordinal`` says which annotation dimensions have an ordered scale (sequential colours).
+    ``ordinal`` says which annotation dimensions have an ordered scale (sequential colours);
+    ``level_order`` lists each factor's levels in recipe order (bars follow it).
     Figures this module drew earlier that are no longer produced are removed.
     """
     out_dir = Path(dataset_dir) / FIGURES_DIR
     labels = {d: c for d, c in stats["annotations"]["labels"].items() if c}
     ordinal = ordinal or {}
     made: list[CardFigure] = []
-    for factor, levels in _groups(stats, factors):
+    for factor, levels in _groups(stats, factors, level_order or {}):
         suffix = f"by_{_slug(factor)}" if factor else "overall"
         about = f"per level of {factor}" if factor else "over all discussions"
         if labels:

@@ -235,9 +235,7 @@ def build(
 
     plan = make_plan(loaded)
     if world.is_main:
-        tmp = store.plan_path.with_suffix(".parquet.tmp")
-        write_plan(plan, tmp)
-        os.replace(tmp, store.plan_path)
+        write_plan(plan, store.plan_path)
     crash_point("planned")
     mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
     log.info(
@@ -317,13 +315,22 @@ def run_annotation(loaded, store, n_shards, mine, engines, should_stop):
 
 
 def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
-    from synth_disco.dataset import assemble
+    from synth_disco.dataset import assemble, used_pools
 
     agreement = None
     path = store.root / "agreement.json"
     if path.exists():
         agreement = json.loads(path.read_text(encoding="utf-8"))
-    return assemble(store, loaded.recipe, loaded.raw, loaded.fingerprint, agreement=agreement)
+    return assemble(
+        store,
+        loaded.recipe,
+        loaded.raw,
+        loaded.fingerprint,
+        agreement=agreement,
+        personas={pool: loaded.personas(pool) for pool in used_pools(loaded.recipe)},
+        source_files=loaded.files,
+        repo=loaded.recipe.output.hub.repo,
+    )
 
 
 def check_failures(loaded: LoadedRecipe, store: RunStore) -> None:

@@ -416,8 +416,7 @@ def set_path(data: dict[str, Any], path: Sequence[str | int], value: Any) -> Non
         cur = cur[key]
         if not isinstance(cur, (dict, list)):
             raise ValueError(
-                f"{dotted(path[: i + 1])} is a {type(cur).__name__}, cannot set "
-                f"{dotted([nxt_seg])!s} in it"
+                f"{dotted(path[: i + 1])} is a {type(cur).__name__}, cannot set {nxt_seg} in it"
             )
     last = path[-1]
     if isinstance(cur, list) and isinstance(last, int):
@@ -534,7 +533,8 @@ def _display(path: Path) -> str:
 def _cell_base(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` without its pools (cells share them), with empty placeholders for validation."""
     base = {k: v for k, v in raw.items() if k not in ("personas", "posts")}
-    base["personas"] = {name: {"inline": []} for name in raw.get("personas") or {}}
+    pools = raw.get("personas")
+    base["personas"] = {name: {"inline": []} for name in pools} if isinstance(pools, dict) else {}
     base["posts"] = {"inline": []}
     return base
 

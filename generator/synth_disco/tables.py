@@ -57,7 +57,7 @@ def discussions_schema(factors: list[str]) -> pa.Schema:
             ("seed_comments", pa.list_(SEED_COMMENT)),
             ("participants", pa.list_(PARTICIPANT)),
             ("moderator", MODERATOR),
-            ("turn_taking", pa.string()),
+            ("turn_policy", pa.string()),
             ("turns", pa.int32()),
             ("context_window", pa.int32()),
             ("model", pa.string()),

@@ -361,7 +361,7 @@ class DiscussionState:
                 "instructions": mod.instructions if isinstance(mod.instructions, str) else "",
                 "model": model_label(self._models[self.moderator_model_name]),
             },
-            "turn_taking": self.cfg.turn_taking.policy,
+            "turn_policy": self.cfg.turn_taking.policy,
             "turns": self.cfg.turns,
             "context_window": self.cfg.context_window,
             "model": model_label(model_cfg),
