@@ -8,6 +8,7 @@ discussions (personas, posts, seeds), and the model files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -69,10 +70,8 @@ def set_torch_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     # One inter-op thread: both systems run their work from a single Python thread.
-    try:
+    with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set once in this process
-        pass
 
 
 def peak_rss_mb() -> float:
@@ -174,10 +173,10 @@ class Workload:
 
 CONTEXT = "An online forum where people discuss current affairs."
 INSTRUCTIONS = "Reply to the discussion in one or two sentences, in your own voice."
-_FIRST = "Alex Sam Maria Chen Priya Omar Lena Jonas Aiko Diego Fatima Noah Ivy Tariq Rosa Ben"
-_JOBS = "teacher nurse engineer farmer student chef lawyer driver artist retiree clerk coder"
-_TRAITS = "calm blunt curious sarcastic kind stubborn cheerful anxious witty formal".split()
-_TOPICS = [
+FIRST_NAMES = "Alex Sam Maria Chen Priya Omar Lena Jonas Aiko Diego Fatima Noah Ivy Tariq Rosa Ben"
+JOBS = "teacher nurse engineer farmer student chef lawyer driver artist retiree clerk coder"
+TRAITS = "calm blunt curious sarcastic kind stubborn cheerful anxious witty formal"
+TOPICS = [
     ("Car-free city centres", "Should cities ban private cars from their centres?"),
     ("Four-day week", "Would a four-day working week make us more productive or just tired?"),
     ("Homework", "Is homework for primary school children worth it?"),
@@ -196,10 +195,10 @@ def make_discussions(w: Workload) -> list[dict[str, Any]]:
     persona dict. Deterministic in ``w.seed``.
     """
     rng = random.Random(w.seed)
-    first, jobs = _FIRST.split(), _JOBS.split()
+    first, jobs = FIRST_NAMES.split(), JOBS.split()
     out = []
     for i in range(w.discussions):
-        title, op = _TOPICS[i % len(_TOPICS)]
+        title, op = TOPICS[i % len(TOPICS)]
         names = rng.sample(first, w.participants)
         participants = [
             {
@@ -208,7 +207,7 @@ def make_discussions(w: Workload) -> list[dict[str, Any]]:
                     "username": name,
                     "age": str(rng.randint(18, 80)),
                     "occupation": rng.choice(jobs),
-                    "personality": ", ".join(rng.sample(_TRAITS, 2)),
+                    "personality": ", ".join(rng.sample(TRAITS.split(), 2)),
                 },
             }
             for name in names
@@ -259,7 +258,7 @@ def synth_disco_specs(w: Workload, model_config: dict[str, Any]) -> list[Any]:
                 seed=d["seed"],
                 shard=0,
                 post=Post(
-                    id=f"post{i % len(_TOPICS)}",
+                    id=f"post{i % len(TOPICS)}",
                     comments=(SeedComment(d["op_author"], d["op"]),),
                     title=d["title"],
                 ),
@@ -291,7 +290,10 @@ def forced_length_tiny_model(dest: Path, seed: int = 0) -> Path:
 
     marker = dest / "forced_length.json"
     src = ensure_tiny_model(seed)
-    if marker.is_file() and json.loads(marker.read_text()).get("source") == tiny_model_dir(seed).name:
+    if (
+        marker.is_file()
+        and json.loads(marker.read_text()).get("source") == tiny_model_dir(seed).name
+    ):
         return dest
     if dest.exists():
         shutil.rmtree(dest)

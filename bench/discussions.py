@@ -43,7 +43,9 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
 )
 
 
-def run_batched(specs: list[Any], engine: Any, max_concurrent: int) -> tuple[float, dict[str, list]]:
+def run_batched(
+    specs: list[Any], engine: Any, max_concurrent: int
+) -> tuple[float, dict[str, list]]:
     """All discussions through the runner; returns seconds and each discussion's comments."""
     from synth_disco.runner import DiscussionRunner
     from synth_disco.store import RunStore
@@ -115,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: all)",
     )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, both sides")
     ap.add_argument("--max-concurrent", type=int, default=64)
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
@@ -159,8 +161,10 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 secs, alone = run_one_at_a_time(alone_specs, engine)
                 alone_s.append(secs)
-        print(f"rep {rep + 1}: batched {batched_s[-1]:.2f}s, one-at-a-time {alone_s[-1]:.2f}s",
-              file=sys.stderr)
+        print(
+            f"rep {rep + 1}: batched {batched_s[-1]:.2f}s, one-at-a-time {alone_s[-1]:.2f}s",
+            file=sys.stderr,
+        )
 
     if args.profile is not None:
         prof = cProfile.Profile()
@@ -212,7 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         markdown_table(
-            ["system", "discussions", "comments", "seconds", "comments/s", "tokens/s", "vs batched"],
+            [
+                "system",
+                "discussions",
+                "comments",
+                "seconds",
+                "comments/s",
+                "tokens/s",
+                "vs batched",
+            ],
             rows,
         )
     )

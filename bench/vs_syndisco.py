@@ -91,8 +91,10 @@ def ensure_syndisco() -> Path:
         done = subprocess.run(check, capture_output=True, text=True)
         if done.returncode == 0 and done.stdout.strip() == SYNDISCO_VERSION:
             return py
-    print(f"installing SynDisco {SYNDISCO_VERSION} into {VENV.relative_to(WORK_DIR.parent)} ...",
-          file=sys.stderr)
+    print(
+        f"installing SynDisco {SYNDISCO_VERSION} into {VENV.relative_to(WORK_DIR.parent)} ...",
+        file=sys.stderr,
+    )
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     # Pin every package this interpreter has (torch, transformers, numpy, ...) so that both
@@ -152,6 +154,7 @@ for m in (model, annotator_model):
 
     m.model.generate = counted
 startup_s = time.perf_counter() - start
+rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 t0 = time.perf_counter()
 logs = []
@@ -179,6 +182,7 @@ for d in spec["discussions"]:
 discuss_s = time.perf_counter() - t0
 discuss_tokens = list(generated)
 generated.clear()
+rss_discussed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 t0 = time.perf_counter()
 labels = 0
@@ -209,14 +213,19 @@ print(json.dumps({
     "labels": labels,
     "annotated_comments": sum(len(log) for log in logs),
     "annotation_tokens": sum(generated),
+    "rss_loaded_mb": rss_loaded,
+    "rss_discussed_mb": rss_discussed,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
 }))
 '''
 
 
 # -- the synth-disco driver (this file, run with --driver) --------------------------------------
-def synth_disco_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one workload through synth-disco's runner and annotation stage; return measures."""
+def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dict[str, Any]:
+    """Run one workload through synth-disco's runner and annotation stage; return measures.
+
+    ``max_batch_tokens`` is the engine's padded-token budget per batch (None: the recipe
+    default, rows bounded by ``max_batch_size`` only)."""
     import time
 
     start = time.perf_counter()
@@ -235,8 +244,10 @@ def synth_disco_child(spec: dict[str, Any]) -> dict[str, Any]:
         dtype="float32",
         device="cpu",
         max_batch_size=spec["max_batch_size"],
+        max_batch_tokens=max_batch_tokens,
     )
     startup_s = time.perf_counter() - start
+    rss_loaded = peak_rss_mb()
     w = Workload(**spec["workload"])
     model_cfg = {"engine": "tiny", "model": "tiny", "max_new_tokens": w.new_tokens}
     specs = synth_disco_specs(w, model_cfg)
@@ -268,6 +279,7 @@ def synth_disco_child(spec: dict[str, Any]) -> dict[str, Any]:
         if result.failed:
             raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
         comments = store.read_shard("discuss", 0, "comments")
+        rss_discussed = peak_rss_mb()
         with Timer() as t_ann:
             ann = run_annotation_stage(
                 store,
@@ -296,6 +308,8 @@ def synth_disco_child(spec: dict[str, Any]) -> dict[str, Any]:
         "label_failures": ann.failed,
         "annotated_comments": comments.num_rows,
         "annotation_tokens": 0,
+        "rss_loaded_mb": rss_loaded,
+        "rss_discussed_mb": rss_discussed,
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -321,7 +335,15 @@ def child_spec(w: Workload, args: argparse.Namespace, model_path: Path) -> dict[
     }
 
 
-def run_side(system: str, spec_path: Path, threads: int, timeout: float) -> dict[str, Any]:
+def system_label(max_batch_tokens: int | None) -> str:
+    if max_batch_tokens is None:
+        return "synth-disco"
+    return f"synth-disco, max_batch_tokens={max_batch_tokens}"
+
+
+def run_side(
+    system: str, spec_path: Path, threads: int, timeout: float, max_batch_tokens: int | None
+) -> dict[str, Any]:
     env = pinned_env(threads)
     env["TQDM_DISABLE"] = "1"  # SynDisco draws progress bars; neither side should print
     if system == "SynDisco":
@@ -330,6 +352,8 @@ def run_side(system: str, spec_path: Path, threads: int, timeout: float) -> dict
         cmd = [str(venv_python()), str(driver), str(spec_path)]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--driver", str(spec_path)]
+        if max_batch_tokens is not None:
+            cmd += ["--max-batch-tokens", str(max_batch_tokens)]
     with Timer() as t:
         out = run_json_child(cmd, env, timeout)
     out["wall_s"] = t.seconds
@@ -341,8 +365,7 @@ def summarise(w: Workload, runs: dict[str, list[dict[str, Any]]]) -> list[list[A
     rows: list[list[Any]] = []
     rates: dict[tuple[str, str], float] = {}
     for stage in ("discussions", "annotation"):
-        for system in ("SynDisco", "synth-disco"):
-            rs = runs[system]
+        for system, rs in runs.items():
             rss = median([r["peak_rss_mb"] for r in rs])
             if stage == "discussions":
                 secs = median([r["discuss_s"] for r in rs])
@@ -369,11 +392,11 @@ def summarise(w: Workload, runs: dict[str, list[dict[str, Any]]]) -> list[list[A
                     rs[-1]["annotated_comments"] / secs,
                     rate,
                     rs[-1]["annotation_tokens"] / secs,
-                    "score" if system == "synth-disco" else "generate",
+                    "generate" if system == "SynDisco" else "score",
                 ]
             rates[(stage, system)] = rate
             row += [rss, secs, median([r["startup_s"] for r in rs])]
-            row.append(ratio(rate, rates[(stage, "SynDisco")]) if system == "synth-disco" else 1.0)
+            row.append(ratio(rate, rates[(stage, "SynDisco")]))
             rows.append(row)
     return rows
 
@@ -398,10 +421,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default="small,medium", help="comma list: small, medium")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, both sides")
     ap.add_argument("--annotation-tokens", type=int, default=1)
     ap.add_argument("--max-concurrent", type=int, default=64)
     ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        action="append",
+        default=None,
+        help="also run synth-disco with this engine token budget per batch (repeatable); "
+        "the plain synth-disco row uses the recipe default (none)",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child run")
     ap.add_argument("--json", type=Path, default=None, help="also write every run here")
     ap.add_argument("--driver", type=Path, default=None, help=argparse.SUPPRESS)
@@ -412,7 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.driver is not None:  # child: synth-disco side of one run
         spec = json.loads(args.driver.read_text())
-        print(json.dumps(synth_disco_child(spec)))
+        budget = args.max_batch_tokens[-1] if args.max_batch_tokens else None
+        print(json.dumps(synth_disco_child(spec, budget)))
         return
 
     ensure_syndisco()
@@ -427,18 +459,18 @@ def main(argv: list[str] | None = None) -> None:
         path.write_text(json.dumps(child_spec(WORKLOADS[name], args, model_path)))
         specs[name] = path
 
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        n: {"SynDisco": [], "synth-disco": []} for n in names
-    }
+    budgets: list[int | None] = [None, *(args.max_batch_tokens or [])]
+    systems = ["SynDisco", *(system_label(b) for b in budgets)]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {n: {s: [] for s in systems} for n in names}
     loads = []
     for rep in range(args.repeats):
         for name in names:
-            order = ["SynDisco", "synth-disco"]
+            order = list(zip(systems, [None, *budgets], strict=True))
             if rep % 2:
                 order.reverse()
-            for system in order:
+            for system, budget in order:
                 loads.append(os.getloadavg()[0])
-                r = run_side(system, specs[name], args.threads, args.timeout)
+                r = run_side(system, specs[name], args.threads, args.timeout, budget)
                 runs[name][system].append(r)
                 print(
                     f"rep {rep + 1} {name} {system}: discuss {r['discuss_s']:.1f}s, "
@@ -469,13 +501,14 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(HEADERS, rows))
     print()
     for name in names:
-        d = next(r for r in rows if r[0] == name and r[1] == "discussions" and r[2] == "synth-disco")
-        a = next(r for r in rows if r[0] == name and r[1] == "annotation" and r[2] == "synth-disco")
-        s = next(r for r in rows if r[0] == name and r[1] == "discussions" and r[2] == "SynDisco")
-        print(
-            f"{name}: comments/s {d[-1]:.1f}x, annotation labels/s {a[-1]:.1f}x, "
-            f"peak RSS {ratio(d[8], s[8]):.2f}x SynDisco's"
-        )
+        by = {(r[1], r[2]): r for r in rows if r[0] == name}
+        base_rss = by[("discussions", "SynDisco")][8]
+        for system in systems[1:]:
+            d, a = by[("discussions", system)], by[("annotation", system)]
+            print(
+                f"{name}, {system}: comments/s {d[-1]:.1f}x, annotation labels/s {a[-1]:.1f}x, "
+                f"peak RSS {ratio(d[8], base_rss):.2f}x SynDisco's"
+            )
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": info, "runs": runs}, indent=2))
 

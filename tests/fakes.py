@@ -8,7 +8,7 @@ from collections.abc import Callable
 from synth_disco.engines.base import ChatRequest, Completion, LabelScores, ScoreRequest
 from synth_disco.records import DiscussionSpec, Participant, Persona, Post, SeedComment
 
-WORDS = "apple river stone cloud bright quiet people argue agree think maybe never".split()
+WORDS = ["apple", "river", "stone", "cloud", "bright", "quiet", "people", "argue", "agree", "think", "maybe", "never"]
 
 
 class FakeEngine:
@@ -98,7 +98,7 @@ def make_spec(
     )
 
 
-def run_alone(spec: DiscussionSpec, engine) -> "object":
+def run_alone(spec: DiscussionSpec, engine) -> object:
     """Run one discussion to the end, one request at a time."""
     from synth_disco.discussion.state import DiscussionState
 

@@ -494,6 +494,18 @@ def test_stale_journal_records_are_not_reused(tmp_path):
     assert result.resumed == 0 and result.tasks == 2 * 3 * 2
 
 
+def test_new_settings_on_the_same_comments_reannotate_only_what_is_new(tmp_path):
+    comments = {0: comments_table(make_comments(1, 3))}
+    one = {"toxicity": {"scale": [1, 2, 3]}}
+    two = {**one, "civility": {"categories": ["civil", "uncivil"]}}
+    run(tmp_path, make_cfg(dimensions=one), FakeEngine(), comments)
+    engine = FakeEngine()
+    store, result = run(tmp_path, make_cfg(dimensions=two), engine, comments)
+    assert result.shards_done == 1 and result.resumed == 2 * 3
+    assert all(r.id.endswith("|civility") for call in engine.calls for r in call)
+    assert Counter(r["dimension"] for r in all_rows(store)) == {"toxicity": 6, "civility": 6}
+
+
 def test_retry_failed_asks_again_for_failed_labels_only(tmp_path):
     cfg = make_cfg(method="generate", max_retries=0)
     comments = {0: comments_table(make_comments(1, 3))}

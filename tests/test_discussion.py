@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from fakes import FakeEngine, make_spec, run_alone
 
+from fakes import FakeEngine, make_spec, run_alone
 from synth_disco.discussion.cleaning import clean_reply
 from synth_disco.discussion.policies import Node, next_turn
 from synth_disco.discussion.state import DiscussionState
@@ -145,7 +145,9 @@ def test_empty_replies_retry_with_new_seed_then_fail():
     assert state.comments[1].attempts == 2
     assert seen[0] != seen[1]
 
-    state = run_alone(make_spec(turns=2, extra={"max_empty_retries": 2}), FakeEngine(lambda r: "  "))
+    state = run_alone(
+        make_spec(turns=2, extra={"max_empty_retries": 2}), FakeEngine(lambda r: "  ")
+    )
     assert state.status == "failed"
     assert "empty reply" in state.error and "3 attempts" in state.error
     assert [e.kind for e in state.events] == ["failed_turn"]

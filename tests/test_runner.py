@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pyarrow.parquet as pq
-from fakes import FakeEngine, make_spec, run_alone
 
+from fakes import FakeEngine, make_spec, run_alone
 from synth_disco.runner import DiscussionRunner
 from synth_disco.store import RunStore
 

@@ -96,7 +96,7 @@ def detect_world() -> World:
 
 
 # -- logging and signals -----------------------------------------------------------------------
-def setup_logging(store: RunStore, verbose: bool = False) -> None:
+def setup_logging(store: RunStore, world: World, verbose: bool = False) -> None:
     store.log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("synth_disco")
     logger.setLevel(logging.DEBUG)
@@ -106,10 +106,11 @@ def setup_logging(store: RunStore, verbose: bool = False) -> None:
             h.close()
     file_handler = logging.FileHandler(store.log_path, encoding="utf-8")
     file_handler.setLevel(logging.DEBUG)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    rank = f"[rank {world.rank}] " if world.size > 1 else ""
+    file_handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {rank}%(message)s"))
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setFormatter(logging.Formatter(f"{rank}%(message)s"))
     for h in (file_handler, console):
         h._synth_disco = True  # type: ignore[attr-defined]
         logger.addHandler(h)
@@ -226,8 +227,8 @@ def build(
     recipe = loaded.recipe
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
-    setup_logging(store, verbose)
     world = detect_world()
+    setup_logging(store, world, verbose)
     extended_from = open_run(loaded, store, overrides, world)
     report = BuildReport(store.root, extended_from=extended_from)
     if extended_from is not None:
@@ -236,6 +237,7 @@ def build(
     plan = make_plan(loaded)
     if world.is_main:
         write_plan(plan, store.plan_path)
+    world.barrier()
     crash_point("planned")
     mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
     log.info(
@@ -247,6 +249,12 @@ def build(
         len(mine),
         loaded.fingerprint[:12],
     )
+
+    if stage == "all" and not retry_failed and is_complete(loaded, store, plan.n_shards):
+        log.info("nothing to do: %s is complete (dataset in %s)", store.root, store.dataset_dir)
+        report.nothing_to_do = True
+        report.dataset_dir = store.dataset_dir
+        return report
 
     engines = EngineCache(engine_loader)
     try:
@@ -273,6 +281,10 @@ def build(
                 if getattr(report.annotate, "stopped", False):
                     raise Interrupted(resume_hint(recipe_path, overrides, store))
                 world.barrier()
+                if world.is_main:
+                    from synth_disco.annotation.stage import write_aggregates
+
+                    write_aggregates(store, recipe.annotation)
     finally:
         engines.close()
 
@@ -291,9 +303,20 @@ def build(
     return report
 
 
+def is_complete(loaded: LoadedRecipe, store: RunStore, n_shards: int) -> bool:
+    """Every shard of every stage is done and the dataset was assembled from this recipe."""
+    manifest = store.dataset_dir / "synth_disco" / "manifest.json"
+    if not manifest.exists():
+        return False
+    if json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint") != loaded.fingerprint:
+        return False
+    stages = ["discuss"] + (["annotate"] if loaded.recipe.annotation is not None else [])
+    return all(store.is_done(st, s) for st in stages for s in range(n_shards))
+
+
 def run_annotation(loaded, store, n_shards, mine, engines, should_stop):
     """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
-    from synth_disco.annotation.stage import run_annotation_stage, write_aggregates
+    from synth_disco.annotation.stage import run_annotation_stage
 
     recipe = loaded.recipe
     cfg = recipe.annotation
@@ -310,7 +333,6 @@ def run_annotation(loaded, store, n_shards, mine, engines, should_stop):
         seed=recipe.seed,
         should_stop=should_stop,
     )
-    write_aggregates(store, cfg)
     return result
 
 

@@ -46,6 +46,8 @@ def _describe_os_error(exc: OSError, path: Path) -> str:
         return f"no space left on the device holding {path.name}: free space and re-run"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write to {path}: permission denied (choose another --out)"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"cannot create {path}: a file is in the way (choose another --out)"
     return f"cannot write {path.name}: {exc.strerror or exc}"
 
 

@@ -20,12 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth_disco.annotation.aggregate import write_aggregates
-from synth_disco.annotation.stage import (
-    ProgressLike,
-    StageResult,
-    default_generate_params,
-    run_annotation_stage,
-)
+from synth_disco.annotation.stage import ProgressLike, StageResult, run_annotation_stage
 from synth_disco.annotation.syndisco_import import read_syndisco_dir
 from synth_disco.annotation.tasks import (
     AnnotationError,
@@ -187,7 +182,6 @@ def annotate_existing(
     store.check_writable()
     if kind == "run" and out.resolve() == data.resolve():
         shards = [i.shard for i in store.done_shards("discuss")]
-        facts = None
     else:
         shards, facts = _import(data, kind, store, recipe.output.shard_size)
         facts["annotation_model"] = recipe.model_for(cfg.model).model
@@ -199,12 +193,9 @@ def annotate_existing(
     model_cfg = recipe.model_for(cfg.model)
     own_engine = engine is None
     if own_engine:
-        from synth_disco.engines import load_engine, sampling_params_from
+        from synth_disco.engines import load_engine
 
         engine = load_engine(model_cfg)
-        params = default_generate_params(cfg, sampling_params_from(model_cfg))
-    else:
-        params = None
     try:
         result = run_annotation_stage(
             store,
@@ -218,7 +209,6 @@ def annotate_existing(
             max_batch=max_batch,
             progress=progress,
             should_stop=should_stop,
-            params=params,
             retry_failed=retry_failed,
         )
     finally:

@@ -62,12 +62,17 @@ def _boundary_ok(text: str, end: int, numeric: bool) -> bool:
     return not (nxt.isalnum() or nxt == "_")
 
 
+def _fold(text: str) -> str:
+    """Case-fold character by character, keeping indices aligned with the original text."""
+    return "".join(f if len(f := c.casefold()) == 1 else c for c in text)
+
+
 def _find_mentions(text: str, labels: Sequence[str]) -> list[tuple[int, int, str]]:
     """Non-overlapping whole-word label mentions, longest label first at each position."""
-    low = text.casefold()
+    low = _fold(text)
     found: list[tuple[int, int, str]] = []
     for label in labels:
-        key = label.casefold()
+        key = _fold(label)
         numeric = bool(_NUMBER.fullmatch(label))
         start = 0
         while (i := low.find(key, start)) >= 0:

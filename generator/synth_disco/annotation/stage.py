@@ -10,6 +10,7 @@ seed derived from (run seed, task id, attempt), so a resumed task repeats its te
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
@@ -316,14 +317,15 @@ def run_annotation_stage(
             )
             tasks = build_tasks(table, cfg, annotators, seed)
             members = list(dict.fromkeys(t.target.comment_id for t in tasks))
-            if _is_current(store, shard, members, retry_failed):
+            digest = task_digest(tasks)
+            if _is_current(store, shard, members, digest, retry_failed):
                 result.shards_already += 1
                 continue
             with store.lock_shard(STAGE, shard) as held:
                 if not held:
                     result.shards_skipped += 1
                     continue
-                if _is_current(store, shard, members, retry_failed):  # done meanwhile
+                if _is_current(store, shard, members, digest, retry_failed):  # done meanwhile
                     result.shards_already += 1
                     continue
                 store.reopen_shard(STAGE, shard)
@@ -341,7 +343,7 @@ def run_annotation_stage(
                 ):
                     result.stopped = True
                     break
-                _finish(store, shard, tasks, members, model_name)
+                _finish(store, shard, tasks, members, digest, model_name)
                 result.shards_done += 1
     finally:
         tracker.close()
@@ -349,11 +351,26 @@ def run_annotation_stage(
     return result
 
 
-def _is_current(store: RunStore, shard: int, members: list[str], retry_failed: bool) -> bool:
+def task_digest(tasks: list[Task]) -> int:
+    """A 48-bit digest of a shard's task list (ids and what each shows the annotator).
+
+    Kept in the done marker's counts: a shard labelled under other settings (dimensions,
+    annotators, context) is not taken as done when the same comments are annotated again.
+    """
+    h = hashlib.sha256()
+    for t in tasks:
+        h.update(f"{t.id}\x1f{t.key}\x1e".encode())
+    return int(h.hexdigest()[:12], 16)
+
+
+def _is_current(
+    store: RunStore, shard: int, members: list[str], digest: int, retry_failed: bool
+) -> bool:
     info = store.shard_info(STAGE, shard)
     return (
         info is not None
         and info.members == members
+        and info.counts.get("task_digest") == digest
         and not (retry_failed and info.counts.get("failed", 0))
     )
 
@@ -407,7 +424,12 @@ def _run_shard(
 
 
 def _finish(
-    store: RunStore, shard: int, tasks: list[Task], members: list[str], model_name: str
+    store: RunStore,
+    shard: int,
+    tasks: list[Task],
+    members: list[str],
+    digest: int,
+    model_name: str,
 ) -> None:
     records = _replay(store, shard, tasks)
     rows = [annotation_row(t, records[t.id], model_name) for t in tasks]
@@ -418,6 +440,7 @@ def _finish(
         "ok": len(rows) - n_failed,
         "failed": n_failed,
         "comments": len(members),
+        "task_digest": digest,
     }
     crash_point("annotate.finish")
     store.finish_shard(STAGE, shard, {"annotations": table}, counts, members=members)

@@ -34,8 +34,12 @@ CHAT_TEMPLATE = (
 )
 
 # Architecture of the tiny model: small enough that per-step overhead, not compute, dominates,
-# which is the closest CPU proxy of batch-1 decoding on a GPU.
-HIDDEN, LAYERS, HEADS, INTERMEDIATE, MAX_POSITIONS = 64, 2, 4, 128, 4096
+# which is the closest CPU proxy of batch-1 decoding on a GPU. Attention is kept narrow (two
+# query heads of 16 dims sharing one key/value head, grouped-query attention as in current chat
+# models): on a CPU, attention over long byte-level prompts otherwise dominates both the prefill
+# and the KV-cache reads of batched decoding, which a GPU would not show.
+HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE = 64, 2, 2, 1, 16, 128
+MAX_POSITIONS = 4096
 # Scale of the constant residual direction and of the per-token logit bias it carries.
 _BIAS_DIM_VALUE = 3.0
 
@@ -149,7 +153,8 @@ def _build(seed: int, out_dir: Path) -> None:
         intermediate_size=INTERMEDIATE,
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,

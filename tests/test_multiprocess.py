@@ -1,0 +1,53 @@
+"""Two worker processes on one run directory give the same dataset as one process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "smoke.yaml"
+SETS = ["--set", "replicates=1", "--set", "discussion.turns=3", "--set", "output.shard_size=1"]
+
+
+def dataset_rows(run: Path, config: str) -> list[dict]:
+    files = sorted((run / "dataset" / "data" / config).glob("*.parquet"))
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_two_processes_build_the_same_dataset_as_one(tmp_path):
+    one = tmp_path / "one"
+    args = ["-m", "synth_disco", "build", str(RECIPE), *SETS]
+    done = subprocess.run(
+        [sys.executable, *args, "--out", str(one)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["torchrun", "--nproc-per-node", "2", "--master-port", port, *args, "--out", str(two)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (two / "logs" / "run.log").read_text()
+    # Each rank really took its own shards: 4 shards split 2 + 2.
+    assert log.count("(2 for this process)") == 2, log[-2000:]
+    for config in ("discussions", "comments", "annotations"):
+        a = sorted(map(str, dataset_rows(one, config)))
+        b = sorted(map(str, dataset_rows(two, config)))
+        assert a == b, config
