@@ -8,7 +8,20 @@ from collections.abc import Callable
 from synth_disco.engines.base import ChatRequest, Completion, LabelScores, ScoreRequest
 from synth_disco.records import DiscussionSpec, Participant, Persona, Post, SeedComment
 
-WORDS = ["apple", "river", "stone", "cloud", "bright", "quiet", "people", "argue", "agree", "think", "maybe", "never"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "bright",
+    "quiet",
+    "people",
+    "argue",
+    "agree",
+    "think",
+    "maybe",
+    "never",
+]
 
 
 class FakeEngine:

@@ -174,17 +174,19 @@ def open_run(
     extended_from = None
     if info is not None and info["fingerprint"] != loaded.fingerprint:
         old = int(info.get("replicates", 0))
+        # Raising `replicates` (and bumping `version` to release it) keeps every earlier
+        # discussion; any other change would mix two experiments in one run.
+        earlier = [*overrides, f"replicates={old}", f"version={info['version']}"]
         same_but_replicates = (
-            recipe.replicates > old
-            and load_recipe(loaded.path, [*overrides, f"replicates={old}"]).fingerprint
-            == info["fingerprint"]
+            recipe.replicates >= old
+            and load_recipe(loaded.path, earlier).fingerprint == info["fingerprint"]
         )
         if not same_but_replicates:
             raise RunChangedError(
                 f"{store.root.name}: the recipe changed since this run started "
                 f"(fingerprint {info['fingerprint'][:12]} -> {loaded.fingerprint[:12]}). "
                 "Start a new run with another --out directory (or bump `version`), or, to add "
-                "discussions to this run, change only `replicates` (raise it)."
+                "discussions to this run, change only `replicates` (raise it) and `version`."
             )
         extended_from = old
     if world.is_main and (info is None or extended_from is not None):

@@ -1,0 +1,385 @@
+"""The transformers engine on the tiny random model: batching, seeding, stops, errors, scoring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from synth_disco.engines import (
+    ChatRequest,
+    EngineLoadError,
+    SamplingParams,
+    ScoreRequest,
+    TransformersEngine,
+    load_engine,
+    sampling_params_from,
+    tiny_seed,
+)
+from synth_disco.engines.hf import SeededSampler
+from synth_disco.engines.tiny import ensure_tiny_model
+
+SAMPLED = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95)
+GREEDY = SamplingParams(max_new_tokens=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_tiny_model(0, tmp_path_factory.mktemp("tiny-cache"))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_path: Path) -> TransformersEngine:
+    return TransformersEngine(str(tiny_path), dtype="float32", device="cpu", model_id="tiny")
+
+
+def chat(i: int, words: int | None = None) -> list[dict[str, str]]:
+    """Prompts of clearly different lengths, so batches need padding."""
+    n = i * 7 % 23 if words is None else words
+    return [
+        {"role": "system", "content": f"You are forum user number {i}."},
+        {"role": "user", "content": f"Thread {i}: " + "tea or coffee? " * n},
+    ]
+
+
+def request(i: int, params: SamplingParams = SAMPLED, seed: int | None = None) -> ChatRequest:
+    return ChatRequest(f"r{i}", chat(i), seed=i if seed is None else seed, params=params)
+
+
+def alone(engine: TransformersEngine, reqs: list[ChatRequest]) -> list[str]:
+    return [engine.generate([r])[0].text for r in reqs]
+
+
+# ------------------------------------------------------------------ tiny model
+
+
+def test_tiny_model_is_a_pure_function_of_the_seed(tiny_path: Path, tmp_path: Path) -> None:
+    again = ensure_tiny_model(0, tmp_path / "a")
+    other = ensure_tiny_model(1, tmp_path / "b")
+    weights = (tiny_path / "model.safetensors").read_bytes()
+    assert (again / "model.safetensors").read_bytes() == weights
+    assert (other / "model.safetensors").read_bytes() != weights
+    # A second call reuses the directory instead of rebuilding it.
+    before = (again / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_model(0, tmp_path / "a") == again
+    assert (again / "model.safetensors").stat().st_mtime_ns == before
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]
+
+
+def test_tiny_model_loads_like_any_transformers_model(tiny_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    text = tok.apply_chat_template(chat(1), add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<s>") and text.endswith("<|assistant|>\n")
+    # One token per byte; invalid UTF-8 decodes to replacement characters instead of raising.
+    assert tok("héllo", add_special_tokens=False)["input_ids"] == list("héllo".encode())
+    assert tok.decode([0xFF, ord("a"), 0xC3]) == "\ufffda\ufffd"
+
+
+def test_tiny_replies_are_printable_and_mostly_nonempty(engine: TransformersEngine) -> None:
+    out = engine.generate(
+        [request(i, SamplingParams(max_new_tokens=16, temperature=1.0)) for i in range(24)]
+    )
+    assert sum(bool(c.text.strip()) for c in out) >= 20
+    assert all(ch.isprintable() for c in out for ch in c.text)
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_greedy_batched_equals_each_request_alone(engine: TransformersEngine) -> None:
+    reqs = [request(i, GREEDY) for i in range(10)]
+    batched = engine.generate(reqs)
+    assert [c.id for c in batched] == [r.id for r in reqs]
+    assert [c.text for c in batched] == alone(engine, reqs)
+
+
+def test_right_padded_prefill_matches_plain_generate(tiny_path: Path) -> None:
+    fast = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    plain = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    plain._fast_prefill = False
+    reqs = [request(i, GREEDY) for i in range(8)] + [request(i + 8) for i in range(8)]
+    assert [c.text for c in fast.generate(reqs)] == [c.text for c in plain.generate(reqs)]
+
+
+def test_seeded_sampling_ignores_batch_neighbours(
+    engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = ChatRequest("target", chat(3), seed=1234, params=SAMPLED)
+    solo = engine.generate([target])[0].text
+    assert solo == engine.generate([target])[0].text
+    companions = [request(i) for i in range(12)]
+    for batch in ([target, *companions[:1]], [*companions[:5], target], [*companions, target]):
+        got = {c.id: c.text for c in engine.generate(batch)}
+        assert got[target.id] == solo
+    # Other batch cuts (smaller batches) give the same texts too.
+    together = [c.text for c in engine.generate(companions)]
+    monkeypatch.setattr(engine, "max_batch_size", 3)
+    assert [c.text for c in engine.generate(companions)] == together
+
+
+def test_different_seeds_give_different_texts(engine: TransformersEngine) -> None:
+    texts = [c.text for c in engine.generate([request(5, seed=s) for s in range(8)])]
+    assert len(set(texts)) >= 7
+
+
+def test_mixed_temperatures_share_a_batch_without_interference(engine: TransformersEngine) -> None:
+    reqs = [request(i, GREEDY if i % 2 else SAMPLED) for i in range(8)]
+    assert [c.text for c in engine.generate(reqs)] == alone(engine, reqs)
+
+
+def test_length_finish_and_token_counts(engine: TransformersEngine) -> None:
+    params = SamplingParams(max_new_tokens=12, temperature=0.8)
+    out = engine.generate([request(i, params) for i in range(16)])
+    for i, c in enumerate(out):
+        assert c.prompt_tokens == engine.count_tokens(chat(i))
+        if c.finish_reason == "length":
+            assert c.completion_tokens == 12 and len(c.text.encode()) == 12
+        else:
+            assert c.finish_reason == "eos"
+            assert c.completion_tokens == len(c.text.encode()) + 1 <= 12
+    assert any(c.finish_reason == "length" for c in out)
+
+
+def test_stop_string_truncates_and_reports_stop(engine: TransformersEngine) -> None:
+    free = engine.generate([request(i, GREEDY) for i in range(4)])
+    stops = []
+    for c in free:
+        assert c.finish_reason == "length"
+        stops.append(c.text[6:8])  # a stop string that the greedy reply is known to contain
+    reqs = [
+        request(i, SamplingParams(max_new_tokens=24, stop=(stops[i], "@@never@@")))
+        for i in range(4)
+    ]
+    for c, before, stop in zip(engine.generate(reqs), free, stops, strict=True):
+        cut = before.text.index(stop)
+        assert c.finish_reason == "stop"
+        assert c.text == before.text[:cut]
+        assert c.completion_tokens == cut + len(stop)  # byte-level: one token per character
+
+
+def test_too_long_prompt_errors_alone(engine: TransformersEngine) -> None:
+    huge = ChatRequest("huge", chat(1, words=400), seed=0, params=SAMPLED)
+    reqs = [request(0), huge, request(2)]
+    out = engine.generate(reqs)
+    assert out[1].finish_reason == "error" and out[1].text == ""
+    n = engine.count_tokens(huge.messages)
+    assert f"prompt of {n} tokens exceeds the model context of 4096" in out[1].error
+    assert [out[0].text, out[2].text] == alone(engine, [reqs[0], reqs[2]])
+    assert out[0].error is None and out[0].finish_reason in ("length", "eos")
+
+
+def test_invalid_params_error_only_that_request(engine: TransformersEngine) -> None:
+    bad = request(1, SamplingParams(top_p=0.0))
+    out = engine.generate([request(0), bad])
+    assert out[1].finish_reason == "error" and "top_p" in out[1].error
+    assert out[0].error is None
+
+
+def test_out_of_memory_halves_the_batch(
+    tiny_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    reqs = [request(i) for i in range(11)]
+    expected = [c.text for c in eng.generate(reqs)]
+    real = eng._generate_batch
+    sizes: list[int] = []
+
+    def flaky(items, *args):
+        sizes.append(len(items))
+        if len(items) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(items, *args)
+
+    monkeypatch.setattr(eng, "_generate_batch", flaky)
+    with caplog.at_level("WARNING"):
+        assert [c.text for c in eng.generate(reqs)] == expected
+    assert sizes == [11, 5, 2, 3, 6, 3, 3]  # halves, depth first, in request-length order
+    assert "out of memory" in caplog.text
+    # The learned token budget keeps later calls from retrying the batch that failed.
+    sizes.clear()
+    assert [c.text for c in eng.generate(reqs)] == expected
+    assert max(sizes) < 11
+
+
+def test_failure_of_a_single_request_spares_the_others(
+    tiny_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    reqs = [request(i) for i in range(6)]
+    expected = [c.text for c in eng.generate(reqs)]
+    real = eng._generate_batch
+
+    def picky(items, *args):
+        if any(it.request.id == "r4" for it in items):
+            raise RuntimeError("CUDA error: out of memory")
+        return real(items, *args)
+
+    monkeypatch.setattr(eng, "_generate_batch", picky)
+    out = eng.generate(reqs)
+    assert out[4].finish_reason == "error" and "out of memory" in out[4].error
+    assert [c.text for i, c in enumerate(out) if i != 4] == expected[:4] + expected[5:]
+
+
+# ------------------------------------------------------------------ sampler
+
+
+def test_gumbel_sampler_draws_from_the_softmax() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -30.0])
+    rows = 6000
+    sampler = SeededSampler(
+        seeds=range(rows),
+        temperature=[1.0] * rows,
+        top_k=[0] * rows,
+        top_p=[1.0] * rows,
+        prompt_len=4,
+        vocab_size=5,
+        device=torch.device("cpu"),
+    )
+    picks = sampler(torch.zeros((rows, 4), dtype=torch.long), logits.repeat(rows, 1)).argmax(-1)
+    freq = torch.bincount(picks, minlength=5).double() / rows
+    assert torch.allclose(freq, logits.double().softmax(0), atol=0.025)
+    # Top-k 2 and top-p 0.5 cut the tail per row.
+    sampler = SeededSampler(
+        seeds=range(rows),
+        temperature=[1.0] * rows,
+        top_k=[2] * (rows // 2) + [0] * (rows // 2),
+        top_p=[1.0] * (rows // 2) + [0.5] * (rows // 2),
+        prompt_len=4,
+        vocab_size=5,
+        device=torch.device("cpu"),
+    )
+    picks = sampler(torch.zeros((rows, 4), dtype=torch.long), logits.repeat(rows, 1)).argmax(-1)
+    assert set(picks[: rows // 2].tolist()) == {0, 1}
+    assert set(picks[rows // 2 :].tolist()) == {0}
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def _manual_label_probs(tiny_path: Path, messages, labels) -> torch.Tensor:
+    """Reference: full-vocabulary log-probs of each label sequence, softmaxed over labels."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    tok = AutoTokenizer.from_pretrained(tiny_path)
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    totals = []
+    with torch.no_grad():
+        for label in labels:
+            ids = tok(label, add_special_tokens=False)["input_ids"]
+            logp = model(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+            totals.append(sum(float(logp[len(prompt) - 1 + t, i]) for t, i in enumerate(ids)))
+    return torch.tensor(totals).softmax(0)
+
+
+def test_score_single_token_labels(engine: TransformersEngine, tiny_path: Path) -> None:
+    labels = ("a", "b", "c")
+    reqs = [ScoreRequest(f"s{i}", chat(i), labels) for i in range(5)]
+    out = engine.score(reqs)
+    for req, res in zip(reqs, out, strict=True):
+        assert res.error is None and res.id == req.id
+        assert sum(res.probs) == pytest.approx(1.0, abs=1e-6)
+        assert res.label == labels[max(range(3), key=res.probs.__getitem__)]
+        assert res.prompt_tokens == engine.count_tokens(req.messages)
+    # First-token path: softmax over the labels' first-token logits, which for one-token labels
+    # is the same as the sequence reference.
+    ref = _manual_label_probs(tiny_path, chat(2), labels)
+    assert torch.allclose(torch.tensor(out[2].probs), ref, atol=1e-5)
+
+
+def test_score_multi_token_labels(engine: TransformersEngine, tiny_path: Path) -> None:
+    labels = ("yes", "yeah", "no")  # shared first token: the sequence path
+    reqs = [ScoreRequest(f"m{i}", chat(i), labels) for i in range(4)]
+    out = engine.score(reqs)
+    for res in out:
+        assert sum(res.probs) == pytest.approx(1.0, abs=1e-6)
+        assert res.label == labels[max(range(3), key=res.probs.__getitem__)]
+    ref = _manual_label_probs(tiny_path, chat(3), labels)
+    assert torch.allclose(torch.tensor(out[3].probs, dtype=torch.float32), ref, atol=1e-4)
+    solo = engine.score([reqs[1]])[0]
+    assert solo.probs == pytest.approx(out[1].probs, abs=1e-6)
+
+
+def test_score_errors_per_request(engine: TransformersEngine) -> None:
+    out = engine.score(
+        [
+            ScoreRequest("ok", chat(1), ("a", "b")),
+            ScoreRequest("long", chat(1, words=400), ("a", "b")),
+        ]
+    )
+    assert out[0].error is None
+    assert out[1].error and "exceeds the model context" in out[1].error and out[1].probs == ()
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_missing_chat_template_is_a_load_error(tiny_path: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare-model"
+    shutil.copytree(tiny_path, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_path = bare / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(EngineLoadError, match="chat_template"):
+        TransformersEngine(str(bare), dtype="float32", device="cpu")
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    eng = TransformersEngine(str(bare), dtype="float32", device="cpu", chat_template=template)
+    assert eng.count_tokens([{"role": "user", "content": "abc"}]) == 3
+
+
+def test_nonexistent_model_path_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineLoadError, match="no-such-model"):
+        TransformersEngine(str(tmp_path / "no-such-model"))
+
+
+def test_engine_info_has_no_local_paths(engine: TransformersEngine, tiny_path: Path) -> None:
+    info = engine.engine_info()
+    assert info["name"] == "tiny" and info["dtype"] == "float32" and info["device"] == "cpu"
+    by_path = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    assert by_path.engine_info()["name"] == tiny_path.name
+    assert str(tiny_path.parent) not in json.dumps(by_path.engine_info())
+    assert by_path.max_context == 4096
+
+
+def test_load_engine_tiny_from_config(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTH_DISCO_CACHE", str(tiny_path.parent))
+    cfg = SimpleNamespace(
+        engine="tiny",
+        model="tiny",
+        revision=None,
+        dtype="auto",
+        device=None,
+        device_map=None,
+        trust_remote_code=False,
+        max_new_tokens=20,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        repetition_penalty=1.1,
+        stop=["\n\n"],
+        chat_template=None,
+        max_batch_size=8,
+        max_batch_tokens=None,
+    )
+    eng = load_engine(cfg)
+    assert eng.model_id == "tiny" and eng.max_batch_size == 8
+    assert eng.engine_info()["dtype"] == "float32"
+    assert eng.default_params == SamplingParams(20, 0.7, 0.9, 40, 1.1, ("\n\n",))
+    assert sampling_params_from(cfg) == eng.default_params
+    assert tiny_seed("tiny:3") == 3 and tiny_seed("tiny") == 0
+    with pytest.raises(EngineLoadError):
+        load_engine(SimpleNamespace(engine="vllm", model="x"))
+    eng.close()
+    with pytest.raises(RuntimeError):
+        eng.generate([request(0)])
