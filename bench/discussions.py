@@ -14,6 +14,12 @@ must produce the same texts, which the benchmark checks and reports.
 
     python bench/discussions.py                       # 64 x 4 participants x 8 turns x 32 tokens
     python bench/discussions.py --profile prof.out    # cProfile of one batched run
+    python bench/discussions.py --breakdown           # where a turn's time goes (see below)
+
+``--breakdown`` splits one turn of ``--discussions`` discussions (after 5 comments, so the
+context window is full) into prefill and decoding, batched and alone, at the real prompt length
+and with the prompts cut to 400 and 200 tokens: it shows how the batching gain depends on
+prompt length in tokens.
 """
 
 from __future__ import annotations
@@ -102,6 +108,85 @@ def load_engine(threads: int, max_batch_size: int, max_batch_tokens: int | None)
     )
 
 
+def breakdown(engine: Any, specs: list[Any], new_tokens: int) -> None:
+    """Per-row prefill and decoding cost, batched vs alone, at three prompt lengths."""
+    import time
+
+    import torch
+    from transformers import GenerationConfig
+
+    from synth_disco.discussion.state import DiscussionState
+    from synth_disco.engines.base import Completion
+
+    states = [DiscussionState(s) for s in specs]
+    filler = "lorem ipsum dolor sit amet consec"  # a 32-character comment
+    for state in states:
+        for _ in range(5):
+            r = state.next_request()
+            state.apply(Completion(r.id, filler, 0, len(filler), "length"))
+    # The engine's own tokenisation and left padding, then plain generate: no runner involved.
+    prompts = sorted((engine._encode(s.next_request().messages) for s in states), key=len)
+
+    def generate(rows: list[list[int]], new: int) -> float:
+        ids, mask = engine._left_pad(rows)
+        cfg = GenerationConfig(
+            max_new_tokens=new,
+            do_sample=False,
+            pad_token_id=engine._pad_id,
+            eos_token_id=engine._eos_ids,
+        )
+        start = time.perf_counter()
+        with torch.inference_mode():
+            engine.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+        return time.perf_counter() - start
+
+    def best(rows: list[list[int]], new: int, n: int = 3) -> float:
+        generate(rows, new)
+        return min(generate(rows, new) for _ in range(n))
+
+    table = []
+    b = len(prompts)
+    for cut in (None, 400, 200):
+        rows = [p[-cut:] if cut else p for p in prompts]
+        length = sum(map(len, rows)) / len(rows)
+        b1, bn = best(rows, 1), best(rows, new_tokens)
+        sample = rows[:8]
+        o1 = sum(best([r], 1, 1) for r in sample) / len(sample)
+        on = sum(best([r], new_tokens, 1) for r in sample) / len(sample)
+        table.append(
+            [
+                f"{length:.0f}",
+                b1 / b * 1e3,
+                (bn - b1) / b * 1e3,
+                bn / b * 1e3,
+                o1 * 1e3,
+                (on - o1) * 1e3,
+                on * 1e3,
+                on / (bn / b),
+            ]
+        )
+    print(
+        f"one turn, {b} discussions, {new_tokens} new tokens; ms per reply "
+        "(prefill = generate 1 token; decoding = the rest)"
+    )
+    print()
+    print(
+        markdown_table(
+            [
+                "prompt tokens",
+                f"batch {b}: prefill",
+                "decoding",
+                "total",
+                "alone: prefill",
+                "decoding",
+                "total",
+                "batching gain",
+            ],
+            table,
+        )
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--discussions", type=int, default=64)
@@ -122,6 +207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile one batched run here")
+    ap.add_argument("--breakdown", action="store_true", help="prefill/decoding split, then exit")
     return ap.parse_args(argv)
 
 
@@ -140,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     engine = load_engine(args.threads, args.max_batch_size, args.max_batch_tokens)
     model_cfg = {"engine": "tiny", "model": "tiny", "max_new_tokens": w.new_tokens}
     specs = synth_disco_specs(w, model_cfg)
+    if args.breakdown:
+        breakdown(engine, specs, w.new_tokens)
+        return
     nb = min(args.baseline_discussions or w.discussions, w.discussions)
     alone_specs = specs[:nb]
 

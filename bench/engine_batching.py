@@ -6,7 +6,8 @@ in one ``generate`` call; the baseline sends them one by one. Seeded sampling ma
 produce the same texts, so both see the same prompts. The baseline runs on a subset of the
 discussions and is scaled up (its cost is linear in the number of requests).
 
-Run (pin threads and the allocator the same way for both sides):
+Run (pin threads and the allocator the same way for both sides; both sides run in one
+process, interleaved per repeat):
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \
     MALLOC_TOP_PAD_=1073741824 OMP_NUM_THREADS=2 python bench/engine_batching.py
@@ -49,22 +50,23 @@ def run(
     participants: int,
     batched: bool,
     params: SamplingParams,
-) -> tuple[float, list[str]]:
-    """Generate ``turns`` turns for ``n`` discussions; return seconds spent and final texts.
+) -> tuple[float, float, list[str]]:
+    """Generate ``turns`` turns for ``n`` discussions: (CPU seconds, wall seconds, last texts).
 
-    Seconds are process CPU seconds: the benchmark machines are shared, and CPU time is far
-    less disturbed by other tenants than wall time (threads are pinned, so it tracks work).
+    CPU seconds are reported next to wall seconds because the benchmark machines are shared:
+    process CPU time is far less disturbed by other tenants than wall time.
     """
     histories: list[list[str]] = [[] for _ in range(n)]
-    spent = 0.0
+    cpu = wall = 0.0
     for turn in range(turns):
         reqs = turn_requests(histories, turn, participants, params)
-        start = time.process_time()
+        c0, w0 = time.process_time(), time.perf_counter()
         done = engine.generate(reqs) if batched else [engine.generate([r])[0] for r in reqs]
-        spent += time.process_time() - start
+        cpu += time.process_time() - c0
+        wall += time.perf_counter() - w0
         for history, c in zip(histories, done, strict=True):
             history.append(c.text.strip())
-    return spent, [h[-1] for h in histories]
+    return cpu, wall, [h[-1] for h in histories]
 
 
 def main() -> None:
@@ -91,19 +93,18 @@ def main() -> None:
     scale = args.discussions / nb
     run(engine, 4, 2, args.participants, True, params)  # warm-up
 
-    ratios, batched_s, single_s = [], [], []
+    rows = []
     for _ in range(args.repeats):
-        tb, texts_b = run(engine, args.discussions, turns, args.participants, True, params)
-        ts, texts_s = run(engine, nb, turns, args.participants, False, params)
+        cb, wb, texts_b = run(engine, args.discussions, turns, args.participants, True, params)
+        cs, ws, texts_s = run(engine, nb, turns, args.participants, False, params)
         assert texts_b[:nb] == texts_s, "batched texts differ from one-at-a-time texts"
-        batched_s.append(tb)
-        single_s.append(ts * scale)
-        ratios.append(ts * scale / tb)
+        rows.append((cb, cs * scale, wb, ws * scale))
+    cb, cs, wb, ws = (statistics.median(col) for col in zip(*rows, strict=True))
     print(
-        f"{args.discussions} discussions x {turns} turns x {args.max_new_tokens} tokens: "
-        f"batched {statistics.median(batched_s):.1f}s, one-at-a-time "
-        f"{statistics.median(single_s):.1f}s (scaled from {nb}), "
-        f"speed-up {statistics.median(ratios):.1f}x (median of {args.repeats})"
+        f"{args.discussions} discussions x {turns} turns x {args.max_new_tokens} tokens, "
+        f"{args.threads} thread(s), median of {args.repeats}; one-at-a-time scaled from {nb}:\n"
+        f"  cpu  batched {cb:7.1f}s  one-at-a-time {cs:7.1f}s  speed-up {cs / cb:.1f}x\n"
+        f"  wall batched {wb:7.1f}s  one-at-a-time {ws:7.1f}s  speed-up {ws / wb:.1f}x"
     )
 
 

@@ -283,9 +283,11 @@ def annotate(data: Path, recipe: Path, overrides: tuple[str, ...], out: Path | N
     """Label the comments in DATA (a run directory, a dataset folder, or SynDisco JSON files)
     with the annotation section of RECIPE."""
     from synth_disco.annotation.existing import annotate_existing
+    from synth_disco.pipeline import stop_on_signals
 
     loaded = load(recipe, overrides)
-    run_dir = annotate_existing(data, loaded, out)
+    with stop_on_signals() as should_stop:
+        run_dir = annotate_existing(data, loaded, out, should_stop=should_stop)
     click.echo(f"annotations: {run_dir.as_posix()}")
 
 

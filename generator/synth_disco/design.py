@@ -8,10 +8,11 @@ Matched design: a discussion's post and its participants depend on the recipe se
 replicate only, not on the cell. Every cell of one replicate therefore discusses the same post
 with the same people (when the cells share a persona pool and participant count), which makes
 comparisons across conditions paired. Instruction variants (e.g. trolls) are drawn per
-discussion and participant position from the discussion's seed.
+replicate and participant position too, so the same people play the same variants in every
+cell that offers those variants.
 
 Nothing here touches a global RNG: every draw comes from ``random.Random(derive_seed(...))``
-or from a hash of the discussion seed (``variant_draws``), so plans are identical everywhere.
+or from a hash of the replicate seed (``variant_draws``), so plans are identical everywhere.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _INV_2_53 = 1.0 / (1 << 53)
 
 
 def variant_draws(seed: int, n: int) -> list[float]:
-    """``n`` numbers in [0, 1), one per participant position, from the discussion seed:
+    """``n`` numbers in [0, 1), one per participant position, from ``seed``:
     draw i is the i-th 8-byte chunk of blake2b("{seed}:variants:{block}") (8 per block)."""
     out: list[float] = []
     block = 0
@@ -280,10 +281,12 @@ class Plan:
         post = self._posts[self._post_index(replicate)]
 
         # Instruction variants: an independent draw per participant position; -1 = default.
+        # Drawn per replicate too, so the same people get the same variants in every cell.
         variants = self._variants[ci]
         picks = [-1] * len(chosen)
         if variants:
-            for pos, u in enumerate(variant_draws(seed, len(chosen))):
+            draws = variant_draws(derive_seed(self.seed, "replicate", replicate), len(chosen))
+            for pos, u in enumerate(draws):
                 acc = 0.0
                 for v, (_, share, _) in enumerate(variants):
                     acc += share

@@ -32,7 +32,7 @@ CARD_END = "<!-- synth-disco:end -->"
 README = "README.md"
 # Folders synth-disco owns in the repo: files there that the local folder lacks are deleted.
 # Everything else on the Hub (.gitattributes, files users added) is left alone.
-MANAGED_DIRS = ("data/", "synth_disco/")
+MANAGED_DIRS = ("data/", "synth_disco/", "figures/")
 NO_TOKEN_MESSAGE = "no Hugging Face token: set HF_TOKEN or run `hf auth login`"
 
 _MAX_ATTEMPTS = 4  # commits retried after a concurrent change (412) or a commit in progress (409)

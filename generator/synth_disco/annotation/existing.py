@@ -28,6 +28,7 @@ from synth_disco.annotation.tasks import (
     comments_table,
     group_discussions,
 )
+from synth_disco.errors import SynthDiscoError
 from synth_disco.records import Comment
 from synth_disco.store import RunStore, StoreError
 
@@ -37,8 +38,10 @@ SourceKind = Literal["run", "dataset", "syndisco"]
 IMPORT_FILE = "import.json"
 
 
-class AnnotationStopped(RuntimeError):
+class AnnotationStopped(SynthDiscoError):
     """The annotation was interrupted (Ctrl-C); ``run_dir`` holds the progress so far."""
+
+    exit_code = 130
 
     def __init__(self, message: str, run_dir: Path, result: StageResult):
         super().__init__(message)

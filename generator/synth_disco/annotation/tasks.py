@@ -167,7 +167,9 @@ def build_tasks(
             if target.role not in roles or not target.text.strip():
                 continue
             start = max(0, pos - cfg.context_window)
-            context = tuple(discussion[start:pos])
+            # The OP stays in view (as for the speakers): a reply is judged against its thread.
+            pinned = (discussion[0],) if start > 0 and discussion[0].role == "op" else ()
+            context = (*pinned, *discussion[start:pos])
             for annotator in assign_annotators(
                 target.comment_id, annotators, cfg.annotators.per_comment, seed
             ):

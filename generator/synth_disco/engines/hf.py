@@ -19,8 +19,13 @@ drops stop strings and repetition penalty, has a single global sampling seed, an
 builds a dense mask over the whole cache. It could only serve greedy requests without stop
 strings on CUDA with a flash-attention kernel, which is not what discussion generation asks for.
 
+Prefill runs right-padded without an attention mask (causal SDPA kernels, about 2x faster than
+a masked left-padded prefill on long prompts) and the cache is then rotated into the
+left-padded layout ``generate`` expects; see ``TransformersEngine._prefill``.
+
 CUDA out-of-memory (and any other failure) in a batch halves the batch and retries, down to a
-single request, which then gets ``finish_reason="error"``; the others go on.
+single request, which then gets ``finish_reason="error"``; the others go on. Out-of-memory also
+lowers a padded-token budget that bounds later batches.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +45,6 @@ from transformers import (
     AutoTokenizer,
     DynamicCache,
     GenerationConfig,
-    LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteriaList,
     StopStringCriteria,
@@ -56,114 +59,12 @@ from synth_disco.engines.base import (
     ScoreRequest,
 )
 from synth_disco.engines.errors import EngineLoadError
+from synth_disco.engines.prefix_cache import PrefixStore
+from synth_disco.engines.sampling import SeededSampler
 
 log = logging.getLogger(__name__)
 
-_MASK32 = 0xFFFFFFFF
 _T = TypeVar("_T")
-
-
-# --------------------------------------------------------------------------------------------
-# Counter-based randomness: a 32-bit integer hash evaluated with int64 torch ops (or Python
-# ints). Exact, device-independent in its integer part, and free of any generator state.
-
-
-def _mul32(x: Any, c: int) -> Any:
-    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` without overflowing int64."""
-    lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(x: Any) -> Any:
-    """A well-mixing bijection on 32-bit values (Wellons' "lowbias32")."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK32  # constant < 2**31: the product fits in int64
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def seed_key(seed: int) -> int:
-    """Fold an arbitrary Python int seed into a 32-bit hash key."""
-    s = seed & 0xFFFFFFFFFFFFFFFF
-    return _mix32((s & _MASK32) ^ _mix32(((s >> 32) ^ 0x5BD1E995) & _MASK32))
-
-
-class SeededSampler(LogitsProcessor):
-    """Per-row temperature / top-k / top-p, then Gumbel noise keyed by (seed, step, token).
-
-    Rows with temperature 0 are left untouched (greedy). ``prompt_len`` is the padded prompt
-    length of the batch, so ``step`` counts generated tokens and is the same for a request
-    whatever batch it is in.
-    """
-
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        temperature: Sequence[float],
-        top_k: Sequence[int],
-        top_p: Sequence[float],
-        prompt_len: int,
-        vocab_size: int,
-        device: torch.device,
-    ) -> None:
-        self.prompt_len = prompt_len
-        self.keys = torch.tensor([seed_key(s) for s in seeds], dtype=torch.int64, device=device)
-        temp = torch.tensor(temperature, dtype=torch.float32, device=device)
-        self.sampled = temp > 0
-        self.all_sampled = bool(self.sampled.all())
-        self.inv_temp = torch.where(self.sampled, 1.0 / temp.clamp_min(1e-6), 1.0)[:, None]
-        v = vocab_size
-        ks = [min(k, v) if k > 0 else v for k in top_k]
-        self.uniform_k = ks[0] if len(set(ks)) == 1 and ks[0] < v else None
-        self.has_top_k = any(k < v for k in ks)
-        self.top_k = torch.tensor(ks, dtype=torch.int64, device=device)[:, None]
-        self.has_top_p = any(p < 1.0 for p in top_p)
-        # p >= 1 keeps everything; 2.0 stays above any rounding of a cumulative sum.
-        ps = [p if p < 1.0 else 2.0 for p in top_p]
-        self.top_p = torch.tensor(ps, dtype=torch.float32, device=device)[:, None]
-        self.vocab_hash = _mix32(torch.arange(v, dtype=torch.int64, device=device))[None, :]
-
-    def gumbel(self, step: int, width: int) -> torch.Tensor:
-        """Standard Gumbel noise of shape (rows, width) for decoding step ``step``."""
-        base = _mix32(self.keys ^ _mul32(step + 1, 0x9E3779B9))[:, None]
-        h = _mix32(base ^ self.vocab_hash[:, :width])
-        # 24 random bits -> uniform in (0, 1), exact in float32.
-        u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-        return -torch.log(-torch.log(u))
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if not bool(self.sampled.any()):
-            return scores
-        step = input_ids.shape[1] - self.prompt_len
-        x = scores.float() * self.inv_temp
-        if self.has_top_p or (self.has_top_k and self.uniform_k is None):
-            x = self._filter_sorted(x)
-        elif self.has_top_k:
-            kth = torch.topk(x, self.uniform_k, dim=-1).values[:, -1:]
-            x = x.masked_fill(x < kth, -math.inf)
-        width = x.shape[-1]
-        if width > self.vocab_hash.shape[-1]:  # padded logits wider than the tokenizer vocab
-            self.vocab_hash = _mix32(torch.arange(width, dtype=torch.int64, device=x.device))[None]
-        x = x + self.gumbel(step, width)
-        if self.all_sampled:
-            return x
-        return torch.where(self.sampled[:, None], x, scores.float())
-
-    def _filter_sorted(self, x: torch.Tensor) -> torch.Tensor:
-        """Top-k then top-p (nucleus) masking with per-row k and p, via one sort."""
-        vals, idx = torch.sort(x, dim=-1, descending=True, stable=True)
-        positions = torch.arange(x.shape[-1], device=x.device)[None, :]
-        remove = positions >= self.top_k
-        if self.has_top_p:
-            probs = vals.masked_fill(remove, -math.inf).softmax(dim=-1)
-            higher = probs.cumsum(dim=-1) - probs  # mass of strictly better tokens
-            remove = remove | (higher >= self.top_p)
-        remove = torch.zeros_like(remove).scatter_(1, idx, remove)
-        return x.masked_fill(remove, -math.inf)
-
-
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -232,9 +133,15 @@ class TransformersEngine:
         max_batch_tokens: int | None = None,
         default_params: SamplingParams = SamplingParams(),  # noqa: B008 (frozen dataclass)
         model_id: str | None = None,
+        prefix_cache_mb: float = 512.0,
     ) -> None:
-        """Load ``model`` (hub id or local path); ``model_id`` is the name kept for records
-        (defaults to ``model``). Raises :class:`EngineLoadError` when it cannot be loaded."""
+        """Load ``model`` (hub id or local path). Raises :class:`EngineLoadError` when it
+        cannot be loaded.
+
+        ``model_id`` is the name kept for records (defaults to ``model``). ``prefix_cache_mb``
+        bounds the memory (on the model's device) that keeps prompt KV states for reuse by
+        later prompts sharing their prefix; 0 turns prefix reuse off.
+        """
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.model_id = model_id or model
@@ -246,6 +153,8 @@ class TransformersEngine:
         self._oom_token_cap: int | None = None
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._closed = False
+        budget = int(prefix_cache_mb * 2**20)
+        self._prefix = PrefixStore(budget) if budget > 0 else None
         self._load(model, revision, dtype, device, device_map, trust_remote_code, chat_template)
 
     @classmethod
@@ -345,7 +254,8 @@ class TransformersEngine:
         self._keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self._keep_one = {"logits_to_keep": 1} if self._keeps_logits else {}
         # Right-padded prefill (see _prefill); switched off for good if the model rejects it.
-        self._fast_prefill = True
+        # A model that asks for its own cache type (static, hybrid...) cannot take ours.
+        self._fast_prefill = getattr(gen_cfg, "cache_implementation", None) is None
 
     def _find_max_context(self) -> int:
         cfg = self.model.config
@@ -389,6 +299,18 @@ class TransformersEngine:
             "torch_version": torch.__version__.split("+")[0],
         }
 
+    def prefix_stats(self) -> dict[str, int]:
+        """Prompt tokens served from the prefix store vs computed, and its size."""
+        p = self._prefix
+        if p is None:
+            return {"hit_tokens": 0, "miss_tokens": 0, "entries": 0, "bytes": 0}
+        return {
+            "hit_tokens": p.hit_tokens,
+            "miss_tokens": p.miss_tokens,
+            "entries": len(p),
+            "bytes": p.nbytes,
+        }
+
     def close(self) -> None:
         """Release the model and its memory; the engine cannot be used afterwards."""
         if self._closed:
@@ -396,6 +318,8 @@ class TransformersEngine:
         self._closed = True
         del self.model
         self._stop_criteria.clear()
+        if self._prefix is not None:
+            self._prefix.clear()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -450,6 +374,8 @@ class TransformersEngine:
             except Exception as exc:
                 oom = _is_oom(exc)
                 if oom:
+                    if self._prefix is not None:
+                        self._prefix.clear()
                     tokens = padded_tokens(part)
                     cap = max(1, tokens // 2)
                     self._oom_token_cap = min(self._oom_token_cap or cap, cap)
@@ -510,7 +436,7 @@ class TransformersEngine:
 
             for batch in self._chunks(items, lambda it, m=max_new: len(it.ids) + m):
                 self._run_halving(batch, run, fail, padded)
-        return [r for r in results if r is not None]
+        return _all_done(results)
 
     def _generation_config(
         self, max_new_tokens: int, repetition_penalty: float
@@ -589,41 +515,109 @@ class TransformersEngine:
     def _prefill(self, items: list[_GenItem], width: int) -> DynamicCache | None:
         """KV cache of every prompt but its last token, laid out as left padding would.
 
-        A left-padded prefill needs an explicit attention mask, which keeps SDPA off its causal
-        kernels (about 2x slower on long prompts). Right padding needs no mask: causal attention
-        never lets a real token see the padding after it. So the prompts minus their last token
-        run right-padded, and each row's cache is then rotated so its real entries end at the
-        right edge; ``generate`` masks the rotated-in padding and processes the last token.
-        Only for plain full-attention caches; anything else (or a batch without padding)
-        returns None and ``generate`` prefills as usual.
+        Two savings over letting ``generate`` prefill a left-padded batch:
+
+        * Prefixes already in the prefix store are not recomputed: only each row's new tokens
+          run through the model, on top of the stored states.
+        * Without stored prefixes the prompts run right-padded with no attention mask. Causal
+          attention never lets a real token see the padding after it, and without a mask SDPA
+          uses its causal kernels (about 2x faster than a masked prefill of long prompts).
+
+        The resulting states are then gathered into the left-padded layout ``generate``
+        expects (real entries flush right); ``generate`` masks the padding and runs the last
+        prompt token itself. Only for models with a plain full-attention cache; otherwise (or
+        for a batch with neither padding nor a store) None, and ``generate`` prefills as usual.
         """
-        lengths = [len(it.ids) for it in items]
-        if not self._fast_prefill or width < 2 or min(lengths) == max(lengths):
+        need = [len(it.ids) - 1 for it in items]
+        store = self._prefix
+        if not self._fast_prefill or min(need) < 1:
             return None
-        cut = width - 1
-        ids = torch.full((len(items), cut), self._pad_id, dtype=torch.long)
-        for row, it in enumerate(items):
-            ids[row, : len(it.ids) - 1] = torch.tensor(it.ids[:-1], dtype=torch.long)
+        if store is None and min(need) == max(need):
+            return None
+        hits = [store.lookup(it.ids[:-1]) for it in items] if store else [(0, None)] * len(items)
         try:
-            out = self.model(input_ids=ids.to(self.device), use_cache=True, **self._keep_one)
-            cache = out.past_key_values
-            if type(cache) is not DynamicCache or any(
-                type(layer) is not DynamicLayer for layer in cache.layers
-            ):
-                raise TypeError(f"{type(cache).__name__} is not a plain full-attention cache")
-            pads = torch.tensor([width - n for n in lengths], device=self.device)
-            source = (torch.arange(cut, device=self.device)[None, :] - pads[:, None]) % cut
-            for layer in cache.layers:
-                index = source[:, None, :, None].expand_as(layer.keys)
-                layer.keys = layer.keys.gather(2, index)
-                layer.values = layer.values.gather(2, index.expand_as(layer.values))
-            return cache
+            cache = self._prefill_rows(items, need, hits, width - 1)
         except Exception as exc:
             if _is_oom(exc):
                 raise
             self._fast_prefill = False
-            log.info("right-padded prefill unavailable for this model (%s)", _short(exc))
+            if store is not None:
+                store.clear()
+            log.info("own prefill unavailable for this model (%s)", _short(exc))
             return None
+        if store is not None:
+            for row, (it, n) in enumerate(zip(items, need, strict=True)):
+                kv = [
+                    (
+                        layer.keys[row, :, width - 1 - n :].clone(),
+                        layer.values[row, :, width - 1 - n :].clone(),
+                    )
+                    for layer in cache.layers
+                ]
+                store.add(it.ids[:-1], kv)
+        return cache
+
+    def _prefill_rows(
+        self,
+        items: list[_GenItem],
+        need: list[int],
+        hits: list[tuple[int, Any]],
+        width: int,
+    ) -> DynamicCache:
+        """Compute the uncached part of each row and assemble the left-padded cache."""
+        dev = self.device
+        cached = [c for c, _ in hits]
+        fresh = [n - c for n, c in zip(need, cached, strict=True)]
+        c_max, u_max = max(cached), max(fresh)
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if c_max:
+            layers = next(kv for c, kv in hits if c)
+            for layer, (k0, v0) in enumerate(layers):
+                keys = k0.new_zeros((len(items), k0.shape[0], c_max, k0.shape[2]))
+                values = v0.new_zeros((len(items), v0.shape[0], c_max, v0.shape[2]))
+                for row, (c, kv) in enumerate(hits):
+                    if c:
+                        keys[row, :, :c] = kv[layer][0]
+                        values[row, :, :c] = kv[layer][1]
+                prefix.append((keys, values))
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(prefix):
+            cache.update(keys, values, layer)
+        if u_max:
+            ids = torch.full((len(items), u_max), self._pad_id, dtype=torch.long)
+            for row, (it, c, n) in enumerate(zip(items, cached, need, strict=True)):
+                ids[row, : n - c] = torch.tensor(it.ids[c:n], dtype=torch.long)
+            kwargs: dict[str, Any] = {}
+            if c_max:
+                # Stored prefixes end at different lengths: mask the gap after each, and
+                # number the new tokens from where the row's prefix ends.
+                mask = torch.zeros((len(items), c_max + u_max), dtype=torch.long)
+                for row, (c, u) in enumerate(zip(cached, fresh, strict=True)):
+                    mask[row, :c] = 1
+                    mask[row, c_max : c_max + u] = 1
+                positions = torch.tensor(cached)[:, None] + torch.arange(u_max)[None, :]
+                kwargs = {
+                    "past_key_values": cache,
+                    "attention_mask": mask.to(dev),
+                    "position_ids": positions.to(dev),
+                }
+            out = self.model(input_ids=ids.to(dev), use_cache=True, **kwargs, **self._keep_one)
+            cache = out.past_key_values
+        if type(cache) is not DynamicCache or any(
+            type(layer) is not DynamicLayer for layer in cache.layers
+        ):
+            raise TypeError(f"{type(cache).__name__} is not a plain full-attention cache")
+        # Target slot j of row r holds token k = j - (width - need[r]): a stored token when
+        # k < cached[r], else new token k - cached[r], found after the c_max stored slots.
+        slot = torch.arange(width, device=dev)[None, :]
+        k = slot - (width - torch.tensor(need, device=dev))[:, None]
+        c = torch.tensor(cached, device=dev)[:, None]
+        source = torch.where(k < c, k, c_max + k - c).clamp_min(0)
+        for layer in cache.layers:
+            index = source[:, None, :, None].expand_as(layer.keys[:, :, :width])
+            layer.keys = layer.keys.gather(2, index)
+            layer.values = layer.values.gather(2, index.expand(-1, -1, -1, layer.values.shape[-1]))
+        return cache
 
     def _finish(
         self, item: _GenItem, row: list[int], max_new_tokens: int, stop: tuple[str, ...]
@@ -733,7 +727,7 @@ class TransformersEngine:
             if results[i] is None and all(lp is not None for lp in lps):
                 probs = torch.tensor(lps, dtype=torch.float64).softmax(dim=0).tolist()
                 results[i] = _label_scores(requests[i], probs, prompt_lens[i])
-        return [r for r in results if r is not None]
+        return _all_done(results)
 
     def _forward_tail(self, seqs: list[list[int]], keep: int) -> torch.Tensor:
         """Float32 logits of the last ``keep`` positions of left-padded ``seqs``."""
@@ -774,6 +768,13 @@ class TransformersEngine:
             targets = torch.tensor(row.label_ids, device=pred.device)[:, None]
             out.append(float(pred.gather(1, targets).sum()))
         return out
+
+
+def _all_done(results: list[_T | None]) -> list[_T]:
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:  # every path above fills its slot; this guards against silent drops
+        raise RuntimeError(f"engine produced no result for requests {missing}")
+    return results  # type: ignore[return-value]
 
 
 def _check_params(p: SamplingParams) -> str | None:
