@@ -80,23 +80,37 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None, help="model path or hub id (default: tiny)")
+    ap.add_argument(
+        "--prefix-cache-mb", type=float, default=512.0, help="batched side's prefix store (0: off)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     path = args.model or str(
         ensure_tiny_model(0, Path(tempfile.gettempdir()) / "synth_disco_bench")
     )
-    engine = TransformersEngine(path, dtype="float32", device="cpu", max_batch_size=64)
+
+    def batched_engine() -> TransformersEngine:
+        return TransformersEngine(
+            path, dtype="float32", device="cpu", prefix_cache_mb=args.prefix_cache_mb
+        )
+
+    engine = batched_engine()
+    # The baseline is plain one-at-a-time generation: no state kept between calls.
+    single = TransformersEngine(path, dtype="float32", device="cpu", prefix_cache_mb=0)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     turns = args.participants * args.turns_each
     nb = args.baseline_discussions
     scale = args.discussions / nb
     run(engine, 4, 2, args.participants, True, params)  # warm-up
+    run(single, 1, 2, args.participants, False, params)
 
     rows = []
     for _ in range(args.repeats):
+        engine.close()  # a fresh prefix store per repeat
+        engine = batched_engine()
         cb, wb, texts_b = run(engine, args.discussions, turns, args.participants, True, params)
-        cs, ws, texts_s = run(engine, nb, turns, args.participants, False, params)
+        cs, ws, texts_s = run(single, nb, turns, args.participants, False, params)
         assert texts_b[:nb] == texts_s, "batched texts differ from one-at-a-time texts"
         rows.append((cb, cs * scale, wb, ws * scale))
     cb, cs, wb, ws = (statistics.median(col) for col in zip(*rows, strict=True))
@@ -104,7 +118,8 @@ def main() -> None:
         f"{args.discussions} discussions x {turns} turns x {args.max_new_tokens} tokens, "
         f"{args.threads} thread(s), median of {args.repeats}; one-at-a-time scaled from {nb}:\n"
         f"  cpu  batched {cb:7.1f}s  one-at-a-time {cs:7.1f}s  speed-up {cs / cb:.1f}x\n"
-        f"  wall batched {wb:7.1f}s  one-at-a-time {ws:7.1f}s  speed-up {ws / wb:.1f}x"
+        f"  wall batched {wb:7.1f}s  one-at-a-time {ws:7.1f}s  speed-up {ws / wb:.1f}x\n"
+        f"  prefix reuse (last repeat): {engine.prefix_stats()}"
     )
 
 

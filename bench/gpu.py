@@ -183,6 +183,12 @@ def ensure_model(arch: dict[str, Any], out_dir: Path, dtype: str, device: str, s
     return out_dir
 
 
+def prefix_stats(engine: Any) -> dict[str, int]:
+    """The engine's prefix-reuse counters, if it keeps them."""
+    stats = getattr(engine, "prefix_stats", None)
+    return dict(stats()) if callable(stats) else {}
+
+
 class RecordingEngine:
     """Wraps an engine and keeps every ``generate`` batch, to replay it without the runner."""
 
@@ -362,8 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_dir = args.model_dir or WORK_DIR / ("model-tiny-llama" if tiny else "model-llama-3.2-1b")
     with Timer() as t_build:
         path = ensure_model(arch, model_dir, dtype, device, args.seed)
-    with Timer() as t_load:
-        engine = TransformersEngine(
+
+    def fresh_engine() -> Any:
+        # A new engine per measured phase: the engine keeps prompt prefixes for reuse, and a
+        # phase must not find an earlier phase's identical prompts already stored.
+        return TransformersEngine(
             str(path),
             model_id="llama-3.2-1b-random" if not tiny else "tiny-llama-random",
             dtype=dtype,
@@ -371,6 +380,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             max_batch_size=args.max_batch_size,
             max_batch_tokens=args.max_batch_tokens,
         )
+
+    with Timer() as t_load:
+        engine = fresh_engine()
+    n_params = sum(p.numel() for p in engine.model.parameters())
     model_cfg = {"engine": "transformers", "model": "bench", "max_new_tokens": w.new_tokens}
     specs = synth_disco_specs(w, model_cfg)
 
@@ -381,10 +394,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-warm-") as tmp:
         run_discussions(warm, engine, len(warm), RunStore(Path(tmp)))
         one_at_a_time(warm[:1], engine)
+    engine.close()
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         store = RunStore(Path(tmp))
+        engine = fresh_engine()
         recorder = RecordingEngine(engine)
         reset_peak(device)
         with Timer() as t:
@@ -403,9 +418,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "largest_batch": max(len(b) for b in recorder.batches),
             "gpu_peak_gib": peak_gib(device),
             "stage_comments": run.comments,
+            "prefix": prefix_stats(engine),
         }
+        engine.close()
 
         # (b) the same batches straight through the engine: no states, prompts, journals.
+        engine = fresh_engine()
         reset_peak(device)
         with Timer() as t:
             for batch in recorder.batches:
@@ -432,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
 
         # (a) one request at a time, on a subset, per comment.
+        engine.close()
+        engine = fresh_engine()
         reset_peak(device)
         with Timer() as t:
             comments, toks = one_at_a_time(specs[:nb], engine)
@@ -445,6 +465,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
 
         if not args.skip_annotation:
+            engine.close()
+            engine = fresh_engine()
             reset_peak(device)
             with Timer() as t:
                 labels = annotate(store, engine, w.seed)
@@ -518,7 +540,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
-    n_params = sum(p.numel() for p in engine.model.parameters())
+    engine.close()
+    reuse = d["prefix"]
+    seen = reuse.get("hit_tokens", 0) + reuse.get("miss_tokens", 0)
     print(
         f"workload: {w.discussions} discussions x {w.participants} participants x {w.turns} "
         f"turns x {w.new_tokens} new tokens (forced: {'yes' if d['forced'] else 'NO'}), context "
@@ -528,7 +552,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"model: random Llama ({n_params / 1e6:.1f}M parameters, "
         f"{'tiny config' if tiny else 'Llama-3.2-1B config'}), {dtype} on {device}; "
         f"build {t_build.seconds:.1f}s, load {t_load.seconds:.1f}s; {d['engine_calls']} engine "
-        f"calls, largest batch {d['largest_batch']}"
+        f"calls, largest batch {d['largest_batch']}; prompt tokens from the prefix store: "
+        + (f"{reuse['hit_tokens'] / seen:.0%}" if seen else "n/a")
     )
     print(
         f"machine: {info.get('gpu', info['cpu'])}; torch {info.get('torch')}, "

@@ -20,7 +20,8 @@ from synth_disco.engines import (
     sampling_params_from,
     tiny_seed,
 )
-from synth_disco.engines.hf import SeededSampler
+from synth_disco.engines.prefix_cache import PrefixStore
+from synth_disco.engines.sampling import SeededSampler
 from synth_disco.engines.tiny import ensure_tiny_model
 
 SAMPLED = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95)
@@ -135,6 +136,15 @@ def test_mixed_temperatures_share_a_batch_without_interference(engine: Transform
     assert [c.text for c in engine.generate(reqs)] == alone(engine, reqs)
 
 
+def test_repetition_penalty_applies_per_row(engine: TransformersEngine) -> None:
+    penalised = SamplingParams(max_new_tokens=24, repetition_penalty=1.5)
+    reqs = [request(i, penalised) for i in range(6)]
+    texts = [c.text for c in engine.generate(reqs)]
+    assert texts == alone(engine, reqs)  # left padding never counts as repeated tokens
+    plain = [c.text for c in engine.generate([request(i, GREEDY) for i in range(6)])]
+    assert texts != plain
+
+
 def test_length_finish_and_token_counts(engine: TransformersEngine) -> None:
     params = SamplingParams(max_new_tokens=12, temperature=0.8)
     out = engine.generate([request(i, params) for i in range(16)])
@@ -226,6 +236,46 @@ def test_failure_of_a_single_request_spares_the_others(
     out = eng.generate(reqs)
     assert out[4].finish_reason == "error" and "out of memory" in out[4].error
     assert [c.text for i, c in enumerate(out) if i != 4] == expected[:4] + expected[5:]
+
+
+def test_prefix_reuse_across_turns_keeps_texts(tiny_path: Path) -> None:
+    cached = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    fresh = TransformersEngine(str(tiny_path), dtype="float32", device="cpu", prefix_cache_mb=0)
+    histories: list[list[str]] = [[] for _ in range(6)]
+    for turn in range(3):
+        reqs = []
+        for d, history in enumerate(histories):
+            transcript = "\n".join(history)
+            messages = [
+                {"role": "system", "content": "A forum thread about tea. " * 3},
+                {"role": "user", "content": f"Thread {d}.\n{transcript}\nNow reply as user{turn}."},
+            ]
+            params = GREEDY if d % 2 else SAMPLED
+            reqs.append(ChatRequest(f"d{d}t{turn}", messages, seed=100 * d + turn, params=params))
+        got = [c.text for c in cached.generate(reqs)]
+        assert got == [fresh.generate([r])[0].text for r in reqs]
+        for history, text in zip(histories, got, strict=True):
+            history.append(text)
+    stats = cached.prefix_stats()
+    assert stats["hit_tokens"] > stats["miss_tokens"] > 0 and stats["entries"] > 0
+    assert fresh.prefix_stats()["hit_tokens"] == 0
+
+
+def test_prefix_store_finds_longest_prefix_and_respects_budget() -> None:
+    def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.arange(n).float().view(1, n, 1), -torch.arange(n).float().view(1, n, 1))]
+
+    store = PrefixStore(budget_bytes=8 * 200, min_tokens=16)  # room for 200 tokens of kv(n)
+    a = list(range(100))
+    store.add(a, kv(100))
+    n, got = store.lookup(a[:60] + [999] * 10)
+    assert n == 60 and got[0][0].shape == (1, 60, 1) and got[0][0][0, -1, 0] == 59
+    assert store.lookup([5] + a[1:])[0] == 0  # differs at the first token
+    assert store.lookup(a[:10])[0] == 0  # too short to be worth reusing
+    store.add(a + [7] * 20, kv(120))  # extends a: replaces it
+    assert len(store) == 1 and store.lookup(a + [7] * 20)[0] == 120
+    store.add(list(range(500, 600)), kv(100))  # over budget: the older entry goes
+    assert len(store) == 1 and store.lookup(a)[0] == 0 and store.nbytes <= 8 * 200
 
 
 # ------------------------------------------------------------------ sampler

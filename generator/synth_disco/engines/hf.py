@@ -7,21 +7,24 @@ sorted by prompt length, and cut into left-padded batches bounded by ``max_batch
 applied per row, so requests that differ only in those still share a batch.
 
 Per-request seeded sampling: ``generate`` runs greedy (``do_sample=False``) with a logits
-processor (:class:`SeededSampler`) that, per row, applies temperature, top-k and top-p and then
-adds Gumbel noise derived from a counter-based hash of (request seed, decoding step, token id).
-The argmax of logits plus Gumbel noise is an exact sample from the softmax, and the noise of a
-row never depends on the other rows, so a request's text is a function of its seed and prompt
-alone (up to floating-point differences between batch shapes, which are nil in practice in
-float32 on CPU and can flip rare near-ties in bfloat16 on GPU).
+processor (:class:`~synth_disco.engines.sampling.SeededSampler`) that, per row, applies
+temperature, top-k and top-p and then adds Gumbel noise derived from a counter-based hash of
+(request seed, decoding step, token id). The argmax of logits plus Gumbel noise is an exact
+sample from the softmax, and the noise of a row never depends on the other rows, so a request's
+text is a function of its seed and prompt alone, up to floating-point differences between batch
+shapes and cache layouts: nil in practice in float32 on CPU (the tests and the benchmark check
+exact equality), while in bfloat16 on GPU they can flip rare near-ties.
+
+Prefill (see ``TransformersEngine._prefill``): prompt prefixes already seen are taken from a
+prefix store of KV states (:mod:`~synth_disco.engines.prefix_cache`), so a turn's prompt only
+runs its new tokens; fresh prompts run right-padded without an attention mask (causal SDPA
+kernels, about 2x faster than a masked left-padded prefill of long prompts). The states are
+then gathered into the left-padded layout ``generate`` expects.
 
 Continuous batching (``generate_batch``) is deliberately not used: in transformers 5.23 it
 drops stop strings and repetition penalty, has a single global sampling seed, and with sdpa
 builds a dense mask over the whole cache. It could only serve greedy requests without stop
 strings on CUDA with a flash-attention kernel, which is not what discussion generation asks for.
-
-Prefill runs right-padded without an attention mask (causal SDPA kernels, about 2x faster than
-a masked left-padded prefill on long prompts) and the cache is then rotated into the
-left-padded layout ``generate`` expects; see ``TransformersEngine._prefill``.
 
 CUDA out-of-memory (and any other failure) in a batch halves the batch and retries, down to a
 single request, which then gets ``finish_reason="error"``; the others go on. Out-of-memory also
@@ -173,6 +176,7 @@ class TransformersEngine:
             max_batch_size=getattr(cfg, "max_batch_size", None) or 64,
             max_batch_tokens=getattr(cfg, "max_batch_tokens", None),
             default_params=sampling_params_from(cfg),
+            prefix_cache_mb=_or(getattr(cfg, "prefix_cache_mb", None), 512.0),
         )
 
     # ---------------------------------------------------------------- loading
@@ -596,6 +600,8 @@ class TransformersEngine:
                     mask[row, :c] = 1
                     mask[row, c_max : c_max + u] = 1
                 positions = torch.tensor(cached)[:, None] + torch.arange(u_max)[None, :]
+                # Padding slots past a row's end must still be valid positions for the model.
+                positions = positions.clamp_max(self.max_context - 1)
                 kwargs = {
                     "past_key_values": cache,
                     "attention_mask": mask.to(dev),
@@ -768,6 +774,10 @@ class TransformersEngine:
             targets = torch.tensor(row.label_ids, device=pred.device)[:, None]
             out.append(float(pred.gather(1, targets).sum()))
         return out
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _all_done(results: list[_T | None]) -> list[_T]:

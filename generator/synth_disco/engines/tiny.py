@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"  # bump whenever the built model changes: caches are keyed by it
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 NUM_BYTES = 256
 # Special tokens follow the 256 byte tokens: <s>=256, </s>=257, <pad>=258.
@@ -51,7 +51,7 @@ def default_cache_root() -> Path:
 
 
 def tiny_model_dir(seed: int = 0, cache_dir: Path | None = None) -> Path:
-    """Where the tiny model for ``seed`` lives (``<cache root>/tiny-v1-seed<seed>``)."""
+    """Where the tiny model for ``seed`` lives (``<cache root>/tiny-v2-seed<seed>``)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     return root / f"{TINY_VERSION}-seed{seed}"
 
