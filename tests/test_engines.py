@@ -79,9 +79,11 @@ def test_tiny_model_loads_like_any_transformers_model(tiny_path: Path) -> None:
     assert type(model).__name__ == "LlamaForCausalLM"
     text = tok.apply_chat_template(chat(1), add_generation_prompt=True, tokenize=False)
     assert text.startswith("<s>") and text.endswith("<|assistant|>\n")
-    # One token per byte; invalid UTF-8 decodes to replacement characters instead of raising.
-    assert tok("héllo", add_special_tokens=False)["input_ids"] == list("héllo".encode())
-    assert tok.decode([0xFF, ord("a"), 0xC3]) == "\ufffda\ufffd"
+    # Byte-level BPE: any text round-trips, common words are one token, prompts are short.
+    for text in ("héllo wörld ✓", "Original post by OP: Should cities ban cars?"):
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    prompt = "You are taking part in an online discussion forum."
+    assert len(tok(prompt, add_special_tokens=False)["input_ids"]) < len(prompt) / 2.5
 
 
 def test_tiny_replies_are_printable_and_mostly_nonempty(engine: TransformersEngine) -> None:
@@ -151,10 +153,10 @@ def test_length_finish_and_token_counts(engine: TransformersEngine) -> None:
     for i, c in enumerate(out):
         assert c.prompt_tokens == engine.count_tokens(chat(i))
         if c.finish_reason == "length":
-            assert c.completion_tokens == 12 and len(c.text.encode()) == 12
+            assert c.completion_tokens == 12 and c.text
         else:
             assert c.finish_reason == "eos"
-            assert c.completion_tokens == len(c.text.encode()) + 1 <= 12
+            assert 1 <= c.completion_tokens <= 12
     assert any(c.finish_reason == "length" for c in out)
 
 
@@ -172,11 +174,11 @@ def test_stop_string_truncates_and_reports_stop(engine: TransformersEngine) -> N
         cut = before.text.index(stop)
         assert c.finish_reason == "stop"
         assert c.text == before.text[:cut]
-        assert c.completion_tokens == cut + len(stop)  # byte-level: one token per character
+        assert 1 <= c.completion_tokens <= before.completion_tokens
 
 
 def test_too_long_prompt_errors_alone(engine: TransformersEngine) -> None:
-    huge = ChatRequest("huge", chat(1, words=400), seed=0, params=SAMPLED)
+    huge = ChatRequest("huge", chat(1, words=2000), seed=0, params=SAMPLED)
     reqs = [request(0), huge, request(2)]
     out = engine.generate(reqs)
     assert out[1].finish_reason == "error" and out[1].text == ""
@@ -347,7 +349,7 @@ def test_score_single_token_labels(engine: TransformersEngine, tiny_path: Path) 
 
 
 def test_score_multi_token_labels(engine: TransformersEngine, tiny_path: Path) -> None:
-    labels = ("yes", "yeah", "no")  # shared first token: the sequence path
+    labels = ("other", "others", "otherwise")  # shared first token: the sequence path
     reqs = [ScoreRequest(f"m{i}", chat(i), labels) for i in range(4)]
     out = engine.score(reqs)
     for res in out:
@@ -363,7 +365,7 @@ def test_score_errors_per_request(engine: TransformersEngine) -> None:
     out = engine.score(
         [
             ScoreRequest("ok", chat(1), ("a", "b")),
-            ScoreRequest("long", chat(1, words=400), ("a", "b")),
+            ScoreRequest("long", chat(1, words=2000), ("a", "b")),
         ]
     )
     assert out[0].error is None
@@ -385,7 +387,11 @@ def test_missing_chat_template_is_a_load_error(tiny_path: Path, tmp_path: Path) 
         TransformersEngine(str(bare), dtype="float32", device="cpu")
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     eng = TransformersEngine(str(bare), dtype="float32", device="cpu", chat_template=template)
-    assert eng.count_tokens([{"role": "user", "content": "abc"}]) == 3
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bare)
+    expected = len(tok("abc", add_special_tokens=False)["input_ids"])
+    assert eng.count_tokens([{"role": "user", "content": "abc"}]) == expected
 
 
 def test_nonexistent_model_path_is_a_load_error(tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ same code path as any hub model. Its weights are a pure function of the seed.
 
 Random weights produce gibberish; the weights are shaped so that the gibberish is printable and
 word-like: a constant direction in the final residual stream (an MLP bias) acts as a per-token
-logit bias that favours lower-case letters and spaces, keeps end-of-sequence rare, and makes
-control bytes and the non-ASCII half of the byte range practically impossible (they are also
-listed in the generation config's ``suppress_tokens``).
+logit bias that favours lower-case tokens and spaces, keeps end-of-sequence rare, and makes
+control bytes and non-ASCII tokens practically impossible (they are also listed in the
+generation config's ``suppress_tokens``). The tokenizer is a small byte-level BPE learned
+offline from a fixed text, so prompts have realistic lengths (3-4 characters a token).
 """
 
 from __future__ import annotations
@@ -18,12 +19,51 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = "tiny-v2"  # bump whenever the built model changes: caches are keyed by it
+TINY_VERSION = "tiny-v3"  # bump whenever the built model changes: caches are keyed by it
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-NUM_BYTES = 256
-# Special tokens follow the 256 byte tokens: <s>=256, </s>=257, <pad>=258.
-BOS_ID, EOS_ID, PAD_ID = NUM_BYTES, NUM_BYTES + 1, NUM_BYTES + 2
-VOCAB_SIZE = NUM_BYTES + 3
+# The special tokens come first in the vocabulary: <s>=0, </s>=1, <pad>=2, then the 256 bytes
+# of the byte-level alphabet, then the learned merges.
+BOS_ID, EOS_ID, PAD_ID = 0, 1, 2
+VOCAB_SIZE = 1024
+
+# The text the tiny tokenizer's merges are learned from: forum and prompt vocabulary, so that
+# prompts take about one token per 3-4 characters, as with real chat models (a byte-per-token
+# tokenizer would make every prompt four times longer than on a real model and let attention
+# over the prompt dominate every CPU measurement). Written for this project.
+_CORPUS = """
+You are taking part in an online discussion forum. Each turn, one participant writes one
+comment. Write in plain text, as people write on a forum: no name prefix, no quotation marks
+around your comment, and never write another participant's comment. Original post by the
+author. replied wrote moderator thread earlier comments not shown. You are the moderator of
+this forum. About you: Your instructions: Decide whether the discussion needs a moderator now.
+If it does not, answer exactly NO INTERVENTION. Otherwise write your moderator comment. Write
+your next comment, replying to the last person. Write only the comment text.
+Annotate the target comment. Earlier comments in the discussion are context only, do not
+annotate these. Target comment. Answer with one label. How toxic is this comment? Is the
+comment constructive, does it agree or disagree, is it neutral, does it argue in good faith?
+the of and to a in is that it for was on with as he she they we you be at by this have from
+or one had not but what all were when there can an your which their said if do will each about
+how up out them then many some so these would other into has more her two like him see time
+could no make than first been its who now people my made over did down only way find use may
+water long little very after words called just where most know get through back much go good
+new write our me man too any day same right look think also around another came come work
+three word must because does part even place well such here take why things help put years
+different away again off went old number great tell men say small every found still between
+name should home big give air line set own under read last never us left end along while might
+next sound below saw something thought both few those always looked show large often together
+asked house don world going want school important until form food keep children feet land side
+without boy once animals life enough took sometimes four head above kind began almost live page
+got earth need far hand high year mother light parts country father let night following picture
+being study second eyes soon times story boys since white days ever paper hard near sentence
+better best across during today others however sure means knew its try told young miles sun ways
+thing whole hear example heard several change answer room sea against top turned learn point
+city play toward five using himself usually money seen car morning given rules policy agree
+disagree opinion argument evidence source honestly really think believe maybe probably civil
+respectful rude toxic insult troll ban delete post reply forum community discussion debate town
+square cars parking school week parents working cities climate tax housing rent vaccine
+election vote government free speech internet online social media privacy data users
+"""
+
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -82,38 +122,27 @@ def ensure_tiny_model(seed: int = 0, cache_dir: Path | None = None) -> Path:
     return target
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable unicode characters (byte-level BPE)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = list(printable)
-    extra = 0
-    for b in range(NUM_BYTES):
-        if b not in printable:
-            printable.append(b)
-            chars.append(NUM_BYTES + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
-
-
 def build_tokenizer():  # -> PreTrainedTokenizerFast
-    """A byte-level tokenizer: one token per byte (ids 0-255) plus <s>, </s>, <pad>.
+    """A byte-level BPE tokenizer with merges learned from ``_CORPUS``, plus <s>, </s>, <pad>.
 
-    Decoding goes through the byte-level decoder, which maps invalid UTF-8 to U+FFFD instead of
-    raising, so any generated byte sequence decodes.
+    Every byte is in the alphabet, so any text encodes; decoding goes through the byte-level
+    decoder, which maps invalid UTF-8 to U+FFFD instead of raising. The trainer is
+    deterministic for a fixed corpus, so the tokenizer (like the weights) is the same on every
+    machine.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    b2u = _bytes_to_unicode()
-    vocab = {b2u[b]: b for b in range(NUM_BYTES)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([BOS, EOS, PAD])
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS.split("\n"), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
@@ -125,20 +154,23 @@ def build_tokenizer():  # -> PreTrainedTokenizerFast
     return fast
 
 
-def _token_bias() -> list[float]:
+def _token_bias(tokenizer) -> list[float]:
     """Per-token logit bias: word-like printable ASCII, rare eos, everything else impossible."""
-    bias = [-40.0] * VOCAB_SIZE
-    for b in range(0x20, 0x7F):
-        ch = chr(b)
-        if ch.islower():
-            bias[b] = 3.0
-        elif ch == " ":
-            bias[b] = 2.5
-        elif ch.isupper():
-            bias[b] = 0.5
+    bias = [-40.0] * len(tokenizer)
+    for token_id in range(len(tokenizer)):
+        if token_id in (BOS_ID, PAD_ID):
+            continue
+        text = tokenizer.decode([token_id])
+        if token_id == EOS_ID:
+            bias[token_id] = 0.5
+        elif not text or not all(0x20 <= ord(ch) < 0x7F for ch in text):
+            continue  # control bytes, non-ASCII: never generated
+        elif all(ch.islower() or ch == " " for ch in text):
+            bias[token_id] = 3.0 if any(ch.islower() for ch in text) else 2.5
+        elif any(ch.isalpha() for ch in text):
+            bias[token_id] = 0.5
         else:
-            bias[b] = -0.5
-    bias[EOS_ID] = 0.5
+            bias[token_id] = -0.5
     return bias
 
 
@@ -147,8 +179,10 @@ def _build(seed: int, out_dir: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    tokenizer = build_tokenizer()
+    bias = _token_bias(tokenizer)
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=len(tokenizer),
         hidden_size=HIDDEN,
         intermediate_size=INTERMEDIATE,
         num_hidden_layers=LAYERS,
@@ -187,12 +221,12 @@ def _build(seed: int, out_dir: Path) -> None:
         model.model.embed_tokens.weight[:, 0] = 0.0
         model.model.layers[-1].mlp.down_proj.bias[0] = _BIAS_DIM_VALUE
         # After RMSNorm dimension 0 is about _BIAS_DIM_VALUE / rms(residual) ~ 2.5-3.
-        model.lm_head.weight[:, 0] = torch.tensor(_token_bias()) / 2.5
+        model.lm_head.weight[:, 0] = torch.tensor(bias) / 2.5
     model.generation_config = GenerationConfig(
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
-        suppress_tokens=[i for i, b in enumerate(_token_bias()) if b <= -40.0],
+        suppress_tokens=[i for i, b in enumerate(bias) if b <= -40.0 and i != BOS_ID],
     )
     model.save_pretrained(out_dir)
-    build_tokenizer().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
