@@ -279,7 +279,15 @@ def synth_disco_specs(w: Workload, model_config: dict[str, Any]) -> list[Any]:
 
 
 # -- the model ---------------------------------------------------------------------------------
-def forced_length_tiny_model(dest: Path, seed: int = 0) -> Path:
+def forced_tiny_dir(seed: int = 0) -> Path:
+    """Where the forced-length copy of the tiny model lives, keyed by the tiny model's version
+    so that a copy of an older tiny model is never picked up after the model changes."""
+    from synth_disco.engines.tiny import TINY_VERSION
+
+    return WORK_DIR / f"{TINY_VERSION}-seed{seed}-forced"
+
+
+def forced_length_tiny_model(dest: Path | None = None, seed: int = 0) -> Path:
     """A copy of synth-disco's tiny model whose generation config suppresses end-of-sequence.
 
     Both systems load these same files, and both call ``generate`` without overriding
@@ -288,6 +296,7 @@ def forced_length_tiny_model(dest: Path, seed: int = 0) -> Path:
     """
     from synth_disco.engines.tiny import EOS_ID, ensure_tiny_model, tiny_model_dir
 
+    dest = forced_tiny_dir(seed) if dest is None else dest
     marker = dest / "forced_length.json"
     src = ensure_tiny_model(seed)
     if (

@@ -35,7 +35,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 (after the path tweak that lets bench/ scripts share it)
-    WORK_DIR,
     Timer,
     Workload,
     forced_length_tiny_model,
@@ -97,7 +96,7 @@ def load_engine(threads: int, max_batch_size: int, max_batch_tokens: int | None)
     from synth_disco.engines.hf import TransformersEngine
 
     set_torch_threads(threads)
-    path = forced_length_tiny_model(WORK_DIR / "tiny-forced")
+    path = forced_length_tiny_model()
     return TransformersEngine(
         str(path),
         model_id="tiny",

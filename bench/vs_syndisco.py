@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     ensure_syndisco()
-    model_path = forced_length_tiny_model(WORK_DIR / "tiny-forced")
+    model_path = forced_length_tiny_model()
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:

@@ -204,7 +204,9 @@ def test_prompt_shows_context_then_marked_target_then_labels():
     task = next(t for t in build_tasks(comments, cfg, ANNOTATORS, 1) if t.id.startswith("d1-c4|"))
     system, user = PromptBuilder(cfg).messages(task)
     text = user["content"]
-    assert [c.comment_id for c in task.context] == ["d1-c2", "d1-c3"]
+    # The OP stays pinned, then the last `context_window` comments before the target.
+    assert [c.comment_id for c in task.context] == ["d1-c0", "d1-c2", "d1-c3"]
+    assert "Comment 0 of d1" in text
     assert "Comment 2 of d1" in text and "Comment 3 of d1" in text
     assert "Comment 1 of d1" not in text and "of d0" not in text  # window and discussion
     start, end = text.index("TARGET COMMENT TO ANNOTATE"), text.index("END OF TARGET COMMENT")

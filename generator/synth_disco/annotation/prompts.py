@@ -1,10 +1,11 @@
 """The annotation prompt: natural text, rendered from sandboxed Jinja templates.
 
-Layout, most shared first so prefix caches reuse it across tasks: the system message holds the
-shared instructions (the same for every task of a run); the user message holds the earlier
-comments, then the target comment between unmistakable markers, then the annotator, then the
-dimension with its label set and how to answer. Tasks on the same comment share everything up
-to the annotator line.
+Layout, most shared first so the engine's prefix reuse covers as much as possible: the system
+message holds the shared instructions (the same for every task of a run); the user message holds
+the earlier comments, then the target comment between unmistakable markers, then the dimension
+with its label set, then the annotator, then how to answer. Tasks on the same comment and
+dimension share everything up to the annotator line, so each extra annotator costs only its
+last few tokens.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ No earlier comments are shown.
 {{ target.text }}
 >>>>> END OF TARGET COMMENT <<<<<
 
-You are the annotator {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
-
 Dimension: {{ dimension.name }}
 {%- if dimension.instructions %}
 {{ dimension.instructions }}
@@ -57,6 +56,7 @@ Dimension: {{ dimension.name }}
 - {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
 {%- endfor %}
 
+You are the annotator {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
 {% if method == "generate" and rationale -%}
 Answer with exactly one label from the list on the first line, then one or two sentences on why.
 {%- else -%}

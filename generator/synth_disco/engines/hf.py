@@ -725,9 +725,15 @@ class TransformersEngine:
             def length(r: _ScoreRow, extra=extra) -> int:
                 return len(r.prompt) + (len(r.label_ids) if extra else 0)
 
-            rows.sort(key=lambda r: (length(r), r.index, r.label))
-            for batch in self._chunks(rows, length):
-                self._run_halving(batch, run, fail, padded)
+            # Prompts that mostly repeat another prompt of the call (the same comment for
+            # another annotator) wait for a second wave: by then the prompt they repeat is in
+            # the prefix store and only their differing tail runs through the model.
+            waves = self._score_waves([r.prompt for r in rows]) if not extra else [0] * len(rows)
+            for wave in sorted(set(waves)):
+                part = [r for r, w in zip(rows, waves, strict=True) if w == wave]
+                part.sort(key=lambda r: (length(r), r.index, r.label))
+                for batch in self._chunks(part, length):
+                    self._run_halving(batch, run, fail, padded)
 
         for i, lps in logprobs.items():
             if results[i] is None and all(lp is not None for lp in lps):
@@ -751,9 +757,57 @@ class TransformersEngine:
             )
         return out.logits[:, -keep:, :].float()
 
+    def _score_waves(self, prompts: list[list[int]]) -> list[int]:
+        """Wave 1 for each prompt sharing at least half its tokens with another prompt of the
+        call that comes before it in token order (and that is in wave 0), else wave 0."""
+        waves = [0] * len(prompts)
+        if self._prefix is None or not self._fast_prefill or len(prompts) < 2:
+            return waves
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        leader: list[int] | None = None
+        for i in order:
+            p = prompts[i]
+            if leader is not None:
+                n = min(len(p), len(leader))
+                common = next((j for j in range(n) if p[j] != leader[j]), n)
+                if common >= max(self._prefix.min_tokens, len(p) // 2):
+                    waves[i] = 1
+                    continue
+            leader = p
+        return waves
+
+    def _last_logits(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Float32 logits of the last token of each of ``seqs`` (rows in order).
+
+        All but the last token of each prompt go through :meth:`_prefill` (prefix store,
+        right-padded causal prefill), so prompts that repeat stored prefixes only run their new
+        tokens; then one step runs every row's last token. Falls back to a plain left-padded
+        forward pass where the own prefill is unavailable.
+        """
+        items = [_GenItem(-1, None, s) for s in seqs]  # type: ignore[arg-type]
+        width = max(len(s) for s in seqs)
+        with torch.inference_mode():
+            cache = self._prefill(items, width) if min(len(s) for s in seqs) > 1 else None
+            if cache is None:
+                return self._forward_tail(seqs, 1)[:, -1, :]
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                mask[row, width - len(seq) :] = 1
+            last = torch.tensor([[s[-1]] for s in seqs], dtype=torch.long)
+            positions = torch.tensor([[len(s) - 1] for s in seqs], dtype=torch.long)
+            out = self.model(
+                input_ids=last.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+                **self._keep_one,
+            )
+        return out.logits[:, -1, :].float()
+
     def _score_first_batch(self, batch: list[_ScoreRow]) -> list[list[float]]:
         """One forward pass; softmax over each request's labels' (distinct) first tokens."""
-        logits = self._forward_tail([r.prompt for r in batch], 1)[:, -1, :]
+        logits = self._last_logits([r.prompt for r in batch])
         out = []
         for row, lg in zip(batch, logits, strict=True):
             out.append(lg[row.label_ids].softmax(dim=0).tolist())
