@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pyarrow.parquet as pq
+import pytest
 
 from fakes import FakeEngine, make_spec, run_alone
 from synth_disco.runner import DiscussionRunner
@@ -96,3 +97,61 @@ def test_one_failing_discussion_does_not_stop_the_others(tmp_path):
     assert {r.id.split("/")[0] for call in engine.calls for r in call} == {"d0-1"}
     rows = pq.read_table(store.shard_path("discuss", 0, "discussions")).to_pylist()
     assert all(r["status"] == "ok" for r in rows)
+
+
+# -- with the real tiny model (transformers code path) -------------------------------------------
+
+
+def tiny_specs(temperature: float, n: int = 6):
+    out = []
+    for i in range(n):
+        spec = make_spec(
+            discussion_id=f"t-{i}",
+            seed=1000 + i,
+            turns=3,
+            policy={"policy": "random_weighted", "p_respond": 0.4},
+        )
+        config = {
+            **spec.config,
+            "models": {
+                "m": {
+                    "engine": "tiny",
+                    "model": "tiny",
+                    "max_new_tokens": 12,
+                    "temperature": temperature,
+                }
+            },
+        }
+        out.append(dataclasses.replace(spec, config=config, index=i))
+    return {0: out}
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    from synth_disco.engines import load_engine
+    from synth_disco.recipe import ModelConfig
+
+    return load_engine(ModelConfig(engine="tiny", model="tiny"))
+
+
+def test_tiny_greedy_batched_equals_each_discussion_alone(tmp_path, tiny_engine):
+    plan = tiny_specs(temperature=0.0)
+    store = RunStore(tmp_path)
+    make_runner(store, plan, tiny_engine, max_concurrent=6).run([0])
+    rows = comments_of(store, 0)
+    for spec in plan[0]:
+        alone = run_alone(spec, tiny_engine)
+        got = [r["text"] for r in rows if r["discussion_id"] == spec.discussion_id]
+        assert got == [c.text for c in alone.comments]
+
+
+def test_tiny_sampled_text_does_not_depend_on_max_concurrent(tmp_path, tiny_engine):
+    plan = tiny_specs(temperature=0.9)
+    texts = []
+    for k in (1, 4, 6):
+        store = RunStore(tmp_path / f"k{k}")
+        make_runner(store, plan, tiny_engine, max_concurrent=k).run([0])
+        texts.append([r["text"] for r in comments_of(store, 0)])
+    assert texts[0] == texts[1] == texts[2]
+    generated = [t for t in texts[0] if "cities ban cars" not in t]
+    assert len(set(generated)) > len(generated) // 2  # sampling really varies the text
