@@ -98,3 +98,35 @@ def test_show_prints_a_thread_and_status_reports_done(run):
     assert "8/8" in status.output and "dataset: assembled" in status.output
     missing = CliRunner().invoke(main, ["show", str(run), "--discussion", "nope"])
     assert missing.exit_code == 2
+
+
+def test_failing_discussions_are_isolated_summarised_and_retried(tmp_path):
+    long_post = "word " * 6000  # more tokens than the tiny model's context
+    args = [
+        "build",
+        str(RECIPE),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"posts=[{{id: long, text: '{long_post}'}}, {{id: short, text: Hello all}}]",
+        "--set",
+        "discussion.turns=2",
+        "--set",
+        "annotation=null",
+    ]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 1, first.output
+    assert "4 of 8 discussions failed" in first.output
+    assert "exceeds the model context" in first.output
+    assert "--retry-failed" in first.output
+    rows = load(tmp_path / "run", "discussions")
+    status = {
+        r["post_id"]: {x["status"] for x in rows if x["post_id"] == r["post_id"]} for r in rows
+    }
+    assert status == {"long": {"failed"}, "short": {"ok"}}
+    # A retry runs only the failed ones again (they fail again: the post is still too long).
+    again = CliRunner().invoke(main, [*args, "--retry-failed"])
+    assert again.exit_code == 1
+    ok_before = [r for r in rows if r["status"] == "ok"]
+    ok_after = [r for r in load(tmp_path / "run", "discussions") if r["status"] == "ok"]
+    assert ok_before == ok_after

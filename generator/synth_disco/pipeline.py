@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +215,7 @@ def open_run(
 
 def build(
     recipe_path: Path,
-    overrides: list[str] = (),  # type: ignore[assignment]
+    overrides: Sequence[str] = (),
     *,
     out: Path | None = None,
     stage: Stage = "all",
@@ -277,8 +277,9 @@ def build(
                 world.barrier()
                 crash_point("between.stages")
             if stage in ("all", "annotate") and recipe.annotation is not None:
+                require_discussions(store, mine)
                 report.annotate = run_annotation(
-                    loaded, store, plan.n_shards, mine, engines, should_stop
+                    loaded, store, mine, engines, should_stop, retry_failed
                 )
                 if getattr(report.annotate, "stopped", False):
                     raise Interrupted(resume_hint(recipe_path, overrides, store))
@@ -316,7 +317,23 @@ def is_complete(loaded: LoadedRecipe, store: RunStore, n_shards: int) -> bool:
     return all(store.is_done(st, s) for st in stages for s in range(n_shards))
 
 
-def run_annotation(loaded, store, n_shards, mine, engines, should_stop):
+def require_discussions(store: RunStore, shards: list[int]) -> None:
+    missing = [s for s in shards if not store.is_done("discuss", s)]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} discussion shards are not finished (e.g. shard {missing[0]}): "
+            "run the discussions first (`--stage discuss`, or no --stage)"
+        )
+
+
+def run_annotation(
+    loaded: LoadedRecipe,
+    store: RunStore,
+    mine: list[int],
+    engines: EngineCache,
+    should_stop: Callable[[], bool],
+    retry_failed: bool,
+) -> Any:
     """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
     from synth_disco.annotation.stage import run_annotation_stage
 
@@ -334,6 +351,7 @@ def run_annotation(loaded, store, n_shards, mine, engines, should_stop):
         model_name=model_cfg.model,
         seed=recipe.seed,
         should_stop=should_stop,
+        retry_failed=retry_failed,
     )
     return result
 
@@ -358,17 +376,28 @@ def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
 
 
 def check_failures(loaded: LoadedRecipe, store: RunStore) -> None:
+    """Summarise failed discussions; too many of them fail the build."""
     shards = store.done_shards("discuss")
     total = sum(s.counts.get("discussions", 0) for s in shards)
     failed = sum(s.counts.get("failed", 0) for s in shards)
+    retry = f"synth-disco build {loaded.path.name} --out {store.root} --retry-failed"
     if failed:
-        log.warning("%d of %d discussions failed (see the `error` column)", failed, total)
+        log.warning("%d of %d discussions failed:", failed, total)
+        shown = 0
+        for info in shards:
+            if not info.counts.get("failed") or shown >= 10:
+                continue
+            table = store.read_shard("discuss", info.shard, "discussions")
+            for row in table.select(["discussion_id", "status", "error"]).to_pylist():
+                if row["status"] == "failed" and shown < 10:
+                    log.warning("  %s: %s", row["discussion_id"], row["error"])
+                    shown += 1
+        log.warning("retry them with: %s", retry)
     limit = loaded.recipe.output.max_failed_fraction
     if total and failed / total > limit:
         raise TooManyFailures(
             f"{failed} of {total} discussions failed ({failed / total:.0%}), more than "
-            f"output.max_failed_fraction={limit:g}; retry them with `synth-disco build "
-            f"{loaded.path.name} --out {store.root} --retry-failed`"
+            f"output.max_failed_fraction={limit:g}; retry them with `{retry}`"
         )
 
 

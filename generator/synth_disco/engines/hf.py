@@ -158,6 +158,7 @@ class TransformersEngine:
         self._closed = False
         budget = int(prefix_cache_mb * 2**20)
         self._prefix = PrefixStore(budget) if budget > 0 else None
+        self._min_hit_share = 0.0
         self._load(model, revision, dtype, device, device_map, trust_remote_code, chat_template)
 
     @classmethod
@@ -539,6 +540,10 @@ class TransformersEngine:
         if store is None and min(need) == max(need):
             return None
         hits = [store.lookup(it.ids[:-1]) for it in items] if store else [(0, None)] * len(items)
+        if sum(c for c, _ in hits) < self._min_hit_share * sum(need):
+            # Short shared prefixes (a system prompt) save less than the masked attention
+            # over them costs: an unmasked causal prefill of the whole prompts is faster.
+            hits = [(0, None)] * len(items)
         try:
             cache = self._prefill_rows(items, need, hits, width - 1)
         except Exception as exc:
