@@ -170,9 +170,15 @@ def main() -> None:
     from synth_disco.records import Persona
 
     torch.set_num_threads(args.threads)
-    engine = load_engine(
-        ModelConfig(engine="tiny", model="tiny", max_new_tokens=args.max_new_tokens)
-    )
+
+    def fresh_engine():
+        # A new engine (same model files) per timed synth-disco run: the engine keeps prompt
+        # prefixes for reuse, and a run must not find the previous run's prompts stored.
+        return load_engine(
+            ModelConfig(engine="tiny", model="tiny", max_new_tokens=args.max_new_tokens)
+        )
+
+    engine = fresh_engine()
     annotators = [
         Persona(f"ann{i}", f"Annotator {i}", f"Annotator {i}, a careful content moderator.")
         for i in range(args.annotators)
@@ -195,10 +201,10 @@ def main() -> None:
             engine.model, engine.tokenizer, tasks, prompts, labels, args.max_new_tokens
         ),
         "synth-disco annotate stage, score": lambda: stage(
-            engine, cfg("score"), comments, annotators, args.max_batch
+            fresh_engine(), cfg("score"), comments, annotators, args.max_batch
         ),
         "synth-disco annotate stage, generate (batched)": lambda: stage(
-            engine, cfg("generate"), comments, annotators, args.max_batch
+            fresh_engine(), cfg("generate"), comments, annotators, args.max_batch
         ),
     }
     # Warm up every system on a small slice (first shapes, allocator, lazy imports).

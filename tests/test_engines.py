@@ -263,6 +263,46 @@ def test_prefix_reuse_across_turns_keeps_texts(tiny_path: Path) -> None:
     assert fresh.prefix_stats()["hit_tokens"] == 0
 
 
+def test_prefill_in_row_groups_keeps_texts_and_its_fast_path(tiny_path: Path) -> None:
+    # Tight CPU limits split every prefill into groups of rows: texts must not change, and the
+    # engine must not have fallen back to generate's own (slower, bigger) prefill.
+    small = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    small._prefill_limits = (64, 4096)
+    reqs = [request(i, GREEDY) for i in range(8)]
+    for _ in range(2):  # the second round reuses stored prefixes (masked prefill, grouped)
+        assert [c.text for c in small.generate(reqs)] == alone(small, reqs)
+    assert small._fast_prefill
+    assert small.prefix_stats()["hit_tokens"] > 0
+
+
+def test_score_reuses_shared_prompts_without_changing_probabilities(tiny_path: Path) -> None:
+    # Annotation-like prompts: pairs differing only in their last line (two annotators of one
+    # comment). The second of each pair runs on the first's stored prefix.
+    reqs = []
+    for i in range(6):
+        body = chat(i, words=12 + i)[1]["content"]
+        for who in ("Ann", "Bob"):
+            messages = [
+                {"role": "system", "content": "Label the comment. " * 4},
+                {"role": "user", "content": f"{body}\nYou are the annotator {who}."},
+            ]
+            reqs.append(ScoreRequest(f"s{i}{who}", messages, ("1", "2", "3")))
+    cached = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    fresh = TransformersEngine(str(tiny_path), dtype="float32", device="cpu", prefix_cache_mb=0)
+    got, want = cached.score(reqs), fresh.score(reqs)
+    for g, w in zip(got, want, strict=True):
+        assert g.label == w.label
+        assert torch.allclose(torch.tensor(g.probs), torch.tensor(w.probs), atol=1e-5)
+    assert cached.prefix_stats()["hit_tokens"] > 0 and cached._fast_prefill
+
+
+def test_default_prefix_store_is_sized_to_the_model(engine: TransformersEngine) -> None:
+    # One batch of 1,024-token prompts of the tiny model: a few MiB, not a fixed 512 MiB.
+    budget = engine._prefix.budget_bytes
+    assert budget == engine.max_batch_size * 1024 * engine._kv_bytes_per_token()
+    assert budget < 64 * 2**20
+
+
 def test_prefix_store_finds_longest_prefix_and_respects_budget() -> None:
     def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(torch.arange(n).float().view(1, n, 1), -torch.arange(n).float().view(1, n, 1))]

@@ -75,10 +75,6 @@ def sampling_params_from(cfg: Any) -> SamplingParams:
     )
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def tiny_seed(model: str | None) -> int:
     """The seed in a tiny model name: "tiny" -> 0, "tiny:3" -> 3."""
     name = (model or "tiny").strip()
@@ -112,6 +108,6 @@ def load_engine(cfg: Any) -> Engine:
             max_batch_size=getattr(cfg, "max_batch_size", None) or 64,
             max_batch_tokens=getattr(cfg, "max_batch_tokens", None),
             default_params=sampling_params_from(cfg),
-            prefix_cache_mb=_or(getattr(cfg, "prefix_cache_mb", None), 512.0),
+            prefix_cache_mb=getattr(cfg, "prefix_cache_mb", None),
         )
     raise EngineLoadError(f"unknown engine {kind!r}: use one of {', '.join(ENGINES)}")

@@ -33,6 +33,7 @@ lowers a padded-token budget that bounds later batches.
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 import logging
@@ -68,6 +69,11 @@ from synth_disco.engines.sampling import SeededSampler
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# CPU bounds on one prefill forward pass (see TransformersEngine._prefill_groups): tokens, and
+# bytes of the float32 attention mask SDPA builds for a masked prefill. Chunks this size still
+# run at full speed on a CPU; on accelerators the batch is left whole.
+_CPU_PREFILL_LIMITS = (2048, 8 * 2**20)
 
 
 @dataclass
@@ -136,14 +142,17 @@ class TransformersEngine:
         max_batch_tokens: int | None = None,
         default_params: SamplingParams = SamplingParams(),  # noqa: B008 (frozen dataclass)
         model_id: str | None = None,
-        prefix_cache_mb: float = 512.0,
+        prefix_cache_mb: float | None = None,
     ) -> None:
         """Load ``model`` (hub id or local path). Raises :class:`EngineLoadError` when it
         cannot be loaded.
 
         ``model_id`` is the name kept for records (defaults to ``model``). ``prefix_cache_mb``
         bounds the memory (on the model's device) that keeps prompt KV states for reuse by
-        later prompts sharing their prefix; 0 turns prefix reuse off.
+        later prompts sharing their prefix; 0 turns prefix reuse off. The default (None) sizes
+        it to one full batch of 1,024-token prompts (what the next turn of every discussion in
+        flight needs to find its previous prompt), at most 512 MiB: 16 MiB for the tiny model
+        instead of a fixed budget that would dominate a small model's memory.
         """
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -155,11 +164,14 @@ class TransformersEngine:
         # Token budget learned from out-of-memory failures; bounds later batches too.
         self._oom_token_cap: int | None = None
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self._label_cache: dict[str, list[int]] = {}
         self._closed = False
-        budget = int(prefix_cache_mb * 2**20)
-        self._prefix = PrefixStore(budget) if budget > 0 else None
-        self._min_hit_share = 0.0
         self._load(model, revision, dtype, device, device_map, trust_remote_code, chat_template)
+        if prefix_cache_mb is None:
+            budget = min(512 * 2**20, max_batch_size * 1024 * self._kv_bytes_per_token())
+        else:
+            budget = int(prefix_cache_mb * 2**20)
+        self._prefix = PrefixStore(budget) if budget > 0 else None
 
     @classmethod
     def from_config(cls, cfg: Any) -> TransformersEngine:
@@ -177,7 +189,7 @@ class TransformersEngine:
             max_batch_size=getattr(cfg, "max_batch_size", None) or 64,
             max_batch_tokens=getattr(cfg, "max_batch_tokens", None),
             default_params=sampling_params_from(cfg),
-            prefix_cache_mb=_or(getattr(cfg, "prefix_cache_mb", None), 512.0),
+            prefix_cache_mb=getattr(cfg, "prefix_cache_mb", None),
         )
 
     # ---------------------------------------------------------------- loading
@@ -258,9 +270,22 @@ class TransformersEngine:
         self._max_context = self._find_max_context()
         self._keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self._keep_one = {"logits_to_keep": 1} if self._keeps_logits else {}
+        self._prefill_limits = _CPU_PREFILL_LIMITS if self.device.type == "cpu" else None
         # Right-padded prefill (see _prefill); switched off for good if the model rejects it.
         # A model that asks for its own cache type (static, hybrid...) cannot take ours.
         self._fast_prefill = getattr(gen_cfg, "cache_implementation", None) is None
+
+    def _kv_bytes_per_token(self) -> int:
+        """Bytes of key/value cache one token takes (all layers), from the model config."""
+        cfg = self.model.config
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        layers = getattr(text, "num_hidden_layers", None) or 32
+        heads = getattr(text, "num_attention_heads", None) or 32
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        hidden = getattr(text, "hidden_size", None) or 4096
+        head_dim = getattr(text, "head_dim", None) or hidden // heads
+        size = torch.finfo(self.model.dtype).bits // 8 if self.model.dtype.is_floating_point else 4
+        return int(layers * kv_heads * head_dim * 2 * size)
 
     def _find_max_context(self) -> int:
         cfg = self.model.config
@@ -339,6 +364,33 @@ class TransformersEngine:
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _encode_many(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | None]:
+        """:meth:`_encode` of many prompts with one tokenizer call (a third faster than one
+        call each); None where the chat template fails, for the caller to report."""
+        texts: dict[int, str] = {}
+        for i, messages in enumerate(conversations):
+            try:
+                texts[i] = self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            except Exception:
+                continue
+        out: list[list[int] | None] = [None] * len(conversations)
+        if texts:
+            ids = self.tokenizer(list(texts.values()), add_special_tokens=False)["input_ids"]
+            for i, row in zip(texts, ids, strict=True):
+                out[i] = list(row)
+        return out
+
+    def _label_ids(self, label: str) -> list[int]:
+        """Token ids of a label string (cached: every score request repeats the label set)."""
+        ids = self._label_cache.get(label)
+        if ids is None:
+            ids = self.tokenizer(label, add_special_tokens=False)["input_ids"]
+            if len(self._label_cache) < 4096:
+                self._label_cache[label] = ids
+        return list(ids)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
@@ -406,13 +458,14 @@ class TransformersEngine:
         self._check_open()
         results: list[Completion | None] = [None] * len(requests)
         groups: dict[tuple[int, float, tuple[str, ...]], list[_GenItem]] = {}
+        encoded = self._encode_many([req.messages for req in requests])
         for i, req in enumerate(requests):
             p = req.params
             problem = _check_params(p)
             ids: list[int] = []
             if problem is None:
                 try:
-                    ids = self._encode(req.messages)
+                    ids = encoded[i] if encoded[i] is not None else self._encode(req.messages)
                 except Exception as exc:
                     problem = f"cannot apply the chat template: {_short(exc)}"
             if problem is None and len(ids) + p.max_new_tokens > self.max_context:
@@ -517,7 +570,7 @@ class TransformersEngine:
             self._finish(it, row, max_new_tokens, stop) for it, row in zip(items, rows, strict=True)
         ]
 
-    def _prefill(self, items: list[_GenItem], width: int) -> DynamicCache | None:
+    def _prefill(self, items: list[_GenItem], width: int, keep: bool = True) -> DynamicCache | None:
         """KV cache of every prompt but its last token, laid out as left padding would.
 
         Two savings over letting ``generate`` prefill a left-padded batch:
@@ -532,6 +585,8 @@ class TransformersEngine:
         expects (real entries flush right); ``generate`` masks the padding and runs the last
         prompt token itself. Only for models with a plain full-attention cache; otherwise (or
         for a batch with neither padding nor a store) None, and ``generate`` prefills as usual.
+        On a CPU the rows run in groups (:meth:`_prefill_groups`) to bound peak memory.
+        ``keep=False`` leaves these prompts out of the prefix store.
         """
         need = [len(it.ids) - 1 for it in items]
         store = self._prefix
@@ -540,12 +595,8 @@ class TransformersEngine:
         if store is None and min(need) == max(need):
             return None
         hits = [store.lookup(it.ids[:-1]) for it in items] if store else [(0, None)] * len(items)
-        if sum(c for c, _ in hits) < self._min_hit_share * sum(need):
-            # Short shared prefixes (a system prompt) save less than the masked attention
-            # over them costs: an unmasked causal prefill of the whole prompts is faster.
-            hits = [(0, None)] * len(items)
         try:
-            cache = self._prefill_rows(items, need, hits, width - 1)
+            cache = self._prefill_groups(items, need, hits, width - 1)
         except Exception as exc:
             if _is_oom(exc):
                 raise
@@ -554,7 +605,7 @@ class TransformersEngine:
                 store.clear()
             log.info("own prefill unavailable for this model (%s)", _short(exc))
             return None
-        if store is not None:
+        if store is not None and keep:
             for row, (it, n) in enumerate(zip(items, need, strict=True)):
                 kv = [
                     (
@@ -564,6 +615,45 @@ class TransformersEngine:
                     for layer in cache.layers
                 ]
                 store.add(it.ids[:-1], kv)
+        return cache
+
+    def _prefill_groups(
+        self,
+        items: list[_GenItem],
+        need: list[int],
+        hits: list[tuple[int, Any]],
+        width: int,
+    ) -> DynamicCache:
+        """:meth:`_prefill_rows` on groups of rows small enough for ``_prefill_limits``: the
+        tokens of one forward pass (activations take a few KiB per token) and the attention
+        mask of a masked prefill (rows x new tokens x all tokens, which SDPA expands to
+        float32). The groups' caches are then stacked back into one. Bounding these is what
+        keeps the peak memory of a batched turn on a CPU near that of one request."""
+        groups: list[list[int]] = [[]]
+        limits = self._prefill_limits
+        for row in range(len(items)):
+            group = groups[-1] + [row]
+            if limits is not None and len(group) > 1:
+                c = max(hits[r][0] for r in group)
+                u = max(need[r] - hits[r][0] for r in group)
+                mask_bytes = len(group) * u * (c + u) * 4 if c else 0
+                if len(group) * u > limits[0] or mask_bytes > limits[1]:
+                    groups.append([row])
+                    continue
+            groups[-1] = group
+        if len(groups) == 1:
+            return self._prefill_rows(items, need, hits, width)
+        parts = [
+            self._prefill_rows(
+                [items[r] for r in g], [need[r] for r in g], [hits[r] for r in g], width
+            )
+            for g in groups
+        ]
+        cache = DynamicCache()
+        for layer in range(len(parts[0].layers)):
+            keys = torch.cat([p.layers[layer].keys for p in parts])
+            values = torch.cat([p.layers[layer].values for p in parts])
+            cache.update(keys, values, layer)
         return cache
 
     def _prefill_rows(
@@ -625,9 +715,15 @@ class TransformersEngine:
         c = torch.tensor(cached, device=dev)[:, None]
         source = torch.where(k < c, k, c_max + k - c).clamp_min(0)
         for layer in cache.layers:
-            index = source[:, None, :, None].expand_as(layer.keys[:, :, :width])
+            # ``width`` may exceed this cache's length (a group of shorter rows): gather
+            # accepts a longer index along its dimension; slots before a row's start are
+            # padding, masked later, and read slot 0.
+            rows, heads, _, dim = layer.keys.shape
+            index = source[:, None, :, None].expand(rows, heads, width, dim)
             layer.keys = layer.keys.gather(2, index)
-            layer.values = layer.values.gather(2, index.expand(-1, -1, -1, layer.values.shape[-1]))
+            layer.values = layer.values.gather(
+                2, source[:, None, :, None].expand(rows, heads, width, layer.values.shape[-1])
+            )
         return cache
 
     def _finish(
@@ -677,15 +773,14 @@ class TransformersEngine:
         multi_rows: list[_ScoreRow] = []
         logprobs: dict[int, list[float | None]] = {}
         prompt_lens: dict[int, int] = {}
+        encoded = self._encode_many([req.messages for req in requests])
         for i, req in enumerate(requests):
             prompt: list[int] = []
             try:
                 if not req.labels:
                     raise ValueError("no labels to score")
-                prompt = self._encode(req.messages)
-                labels = [
-                    self.tokenizer(lab, add_special_tokens=False)["input_ids"] for lab in req.labels
-                ]
+                prompt = encoded[i] if encoded[i] is not None else self._encode(req.messages)
+                labels = [self._label_ids(lab) for lab in req.labels]
                 empty = [lab for lab, ids in zip(req.labels, labels, strict=True) if not ids]
                 if empty:
                     raise ValueError(f"label {empty[0]!r} encodes to no tokens")
@@ -711,8 +806,8 @@ class TransformersEngine:
             results[row.index] = _error_scores(req.id, len(row.prompt), _short(exc))
             logprobs.pop(row.index, None)
 
-        def run_first(batch: list[_ScoreRow]) -> None:
-            for row, probs in zip(batch, self._score_first_batch(batch), strict=True):
+        def run_first(batch: list[_ScoreRow], keep: bool = True) -> None:
+            for row, probs in zip(batch, self._score_first_batch(batch, keep), strict=True):
                 results[row.index] = _label_scores(requests[row.index], probs, len(row.prompt))
 
         def run_multi(batch: list[_ScoreRow]) -> None:
@@ -737,8 +832,10 @@ class TransformersEngine:
             for wave in sorted(set(waves)):
                 part = [r for r, w in zip(rows, waves, strict=True) if w == wave]
                 part.sort(key=lambda r: (length(r), r.index, r.label))
+                # Second-wave prompts are not kept: nothing later is expected to repeat them.
+                step = run if wave == 0 or extra else functools.partial(run, keep=False)
                 for batch in self._chunks(part, length):
-                    self._run_halving(batch, run, fail, padded)
+                    self._run_halving(batch, step, fail, padded)
 
         for i, lps in logprobs.items():
             if results[i] is None and all(lp is not None for lp in lps):
@@ -781,18 +878,19 @@ class TransformersEngine:
             leader = p
         return waves
 
-    def _last_logits(self, seqs: list[list[int]]) -> torch.Tensor:
+    def _last_logits(self, seqs: list[list[int]], keep: bool = True) -> torch.Tensor:
         """Float32 logits of the last token of each of ``seqs`` (rows in order).
 
         All but the last token of each prompt go through :meth:`_prefill` (prefix store,
         right-padded causal prefill), so prompts that repeat stored prefixes only run their new
-        tokens; then one step runs every row's last token. Falls back to a plain left-padded
+        tokens; then one step runs every row's last token. ``keep=False`` leaves the prompts
+        out of the store (prompts no later prompt is expected to repeat). Falls back to a plain left-padded
         forward pass where the own prefill is unavailable.
         """
         items = [_GenItem(-1, None, s) for s in seqs]  # type: ignore[arg-type]
         width = max(len(s) for s in seqs)
         with torch.inference_mode():
-            cache = self._prefill(items, width) if min(len(s) for s in seqs) > 1 else None
+            cache = self._prefill(items, width, keep) if min(len(s) for s in seqs) > 1 else None
             if cache is None:
                 return self._forward_tail(seqs, 1)[:, -1, :]
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -810,9 +908,9 @@ class TransformersEngine:
             )
         return out.logits[:, -1, :].float()
 
-    def _score_first_batch(self, batch: list[_ScoreRow]) -> list[list[float]]:
+    def _score_first_batch(self, batch: list[_ScoreRow], keep: bool) -> list[list[float]]:
         """One forward pass; softmax over each request's labels' (distinct) first tokens."""
-        logits = self._last_logits([r.prompt for r in batch])
+        logits = self._last_logits([r.prompt for r in batch], keep)
         out = []
         for row, lg in zip(batch, logits, strict=True):
             out.append(lg[row.label_ids].softmax(dim=0).tolist())
@@ -833,10 +931,6 @@ class TransformersEngine:
             targets = torch.tensor(row.label_ids, device=pred.device)[:, None]
             out.append(float(pred.gather(1, targets).sum()))
         return out
-
-
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def _all_done(results: list[_T | None]) -> list[_T]:
