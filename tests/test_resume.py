@@ -82,14 +82,28 @@ def test_build_killed_at_every_point_resumes_to_the_same_dataset(reference, tmp_
     assert_same_dataset(out, reference)
 
 
-def test_killed_mid_discussion_resumes_to_the_same_text(reference, tmp_path):
+@pytest.fixture(scope="module")
+def greedy_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("greedy") / "run"
+    done = build(out, *GREEDY)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+GREEDY = ("--set", "models.tiny.temperature=0")
+
+
+@pytest.mark.parametrize("decoding", ["sampled", "greedy"])
+def test_killed_mid_discussion_resumes_to_the_same_text(decoding, request, tmp_path):
+    extra = GREEDY if decoding == "greedy" else ()
+    ref = request.getfixturevalue("greedy_reference" if extra else "reference")
     out = tmp_path / "run"
-    killed = build(out, kill_at="discuss.step:3")
+    killed = build(out, *extra, kill_at="discuss.step:3")
     assert killed.returncode == -signal.SIGKILL
     journal = b"".join(p.read_bytes() for p in (out / "journal" / "discuss").glob("*.jsonl"))
     assert journal.count(b'"t":"comment"') > 0  # it really stopped mid-way
-    assert build(out).returncode == 0
-    assert_same_dataset(out, reference)
+    assert build(out, *extra).returncode == 0
+    assert_same_dataset(out, ref)
 
 
 def test_finished_run_does_nothing_on_rerun(reference):
@@ -130,6 +144,14 @@ def test_sigint_stops_at_a_step_and_prints_the_resume_command(reference, tmp_pat
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "resume with: synth-disco build" in err
+    status = subprocess.run(
+        [sys.executable, "-m", "synth_disco", "status", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0 and "discuss" in status.stdout
+    assert "not yet assembled" in status.stdout
     resumed = build(out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_dataset(out, reference)

@@ -155,3 +155,44 @@ def test_tiny_sampled_text_does_not_depend_on_max_concurrent(tmp_path, tiny_engi
     assert texts[0] == texts[1] == texts[2]
     generated = [t for t in texts[0] if "cities ban cars" not in t]
     assert len(set(generated)) > len(generated) // 2  # sampling really varies the text
+
+
+def test_a_shard_locked_by_another_process_is_left_alone(tmp_path):
+    plan = specs()
+    store = RunStore(tmp_path)
+    with store.lock_shard("discuss", 1) as mine:
+        assert mine
+        result = make_runner(store, plan, FakeEngine()).run([0, 1, 2])
+    assert result.shards_skipped == 1 and result.shards_done == 2
+    assert not store.is_done("discuss", 1)
+    assert not store.journal_path("discuss", 1).exists()
+    # Once the other process is gone, the shard is built like any other.
+    result = make_runner(store, plan, FakeEngine()).run([0, 1, 2])
+    assert result.shards_done == 1 and store.is_done("discuss", 1)
+
+
+def test_full_disk_is_a_clear_error_and_finished_shards_stay_intact(tmp_path, monkeypatch):
+    import errno
+
+    from synth_disco import store as store_module
+    from synth_disco.store import StoreError
+
+    plan = specs()
+    store = RunStore(tmp_path)
+    make_runner(store, plan, FakeEngine()).run([0])
+    before = store.shard_path("discuss", 0, "comments").read_bytes()
+
+    def full(path, table):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "atomic_write_parquet", full)
+    with pytest.raises(StoreError, match="no space left"):
+        make_runner(store, plan, FakeEngine()).run([1])
+    assert store.is_done("discuss", 0)
+    assert store.shard_path("discuss", 0, "comments").read_bytes() == before
+    assert not store.is_done("discuss", 1)
+    monkeypatch.undo()
+    # With space again, the journal lets the shard finish without generating anything twice.
+    engine = FakeEngine()
+    make_runner(store, plan, engine).run([1])
+    assert store.is_done("discuss", 1) and engine.calls == []
