@@ -216,7 +216,8 @@ class RunStore:
         """Fail early, with a clear message, when the run directory cannot be written."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
+            # One probe per process: several workers may check the same directory at once.
+            probe = self.root / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
