@@ -53,6 +53,7 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
     ratio,
     synth_disco_specs,
 )
+from synth_disco.engines.tiny import CHAT_TEMPLATE  # noqa: E402 (the same chat format)
 
 # Llama-3.2-1B (meta-llama/Llama-3.2-1B-Instruct config.json), written out: no Hub access here.
 LLAMA_32_1B: dict[str, Any] = {
@@ -88,13 +89,6 @@ TINY: dict[str, Any] = {
     "vocab_size": 2048,
 }
 SPECIALS = ["<s>", "</s>", "<pad>", "<unk>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
 
 
 def _corpus_words() -> list[str]:
