@@ -64,6 +64,9 @@ def _persona_text(persona: str | dict[str, Any]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in persona.items())
 
 
+_UNSET = object()
+
+
 @dataclass(frozen=True)
 class Slot:
     """The turn the discussion is waiting for."""
@@ -99,6 +102,7 @@ class DiscussionState:
         self.round = 0
         self.status = "running"
         self.error: str | None = None
+        self._pending: object = _UNSET
         self._seed_comments()
 
     # -- setup ---------------------------------------------------------------------------------
@@ -136,6 +140,12 @@ class DiscussionState:
 
     # -- scheduling ----------------------------------------------------------------------------
     def _slot(self) -> Slot | None:
+        """The pending turn; computed once per state change (it is asked for several times)."""
+        if self._pending is _UNSET:
+            self._pending = self._next_slot()
+        return self._pending  # type: ignore[return-value]
+
+    def _next_slot(self) -> Slot | None:
         mod = self.cfg.moderator
         if self.user_turns >= self.cfg.turns:
             return None
@@ -295,6 +305,7 @@ class DiscussionState:
 
     def absorb(self, record: dict[str, Any]) -> None:
         """Apply one journal record to the state (used live and when replaying)."""
+        self._pending = _UNSET
         kind = record["t"]
         if kind == "comment":
             fields = {k: v for k, v in record.items() if k not in ("t", "d", "slot")}
