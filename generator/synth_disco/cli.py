@@ -220,8 +220,6 @@ def build(
         retry_failed=retry_failed,
         verbose=verbose,
     )
-    for line in report.messages:
-        click.echo(line)
     if report.dataset_dir is not None:
         click.echo(f"dataset: {report.dataset_dir.as_posix()}")
     if do_push and report.dataset_dir is not None:

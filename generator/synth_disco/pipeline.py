@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +62,6 @@ class BuildReport:
     annotate: Any = None
     nothing_to_do: bool = False
     extended_from: int | None = None
-    messages: list[str] = field(default_factory=list)
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
