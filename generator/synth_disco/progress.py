@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger("synth_disco")
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -43,9 +43,9 @@ class Progress:
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         left = self.total - self.done
         eta = elapsed / self.done * left if self.done else float("nan")
-        eta_s = _fmt_duration(eta) if self.done else "?"
+        eta_s = fmt_duration(eta) if self.done else "?"
         return (
             f"{self.stage}: {self.done}/{self.total} {self.unit}"
             f" ({self.failed} failed), {self.items} items, {rate:.1f} tok/s,"
-            f" elapsed {_fmt_duration(elapsed)}, ETA {eta_s}"
+            f" elapsed {fmt_duration(elapsed)}, ETA {eta_s}"
         )

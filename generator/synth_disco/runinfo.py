@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synth_disco.progress import _fmt_duration
+from synth_disco.progress import fmt_duration
 from synth_disco.store import RunStore
 
 
@@ -41,12 +41,12 @@ class RunStatus:
         if stage.units_done == 0 or stage.units_done >= stage.units_total:
             return "-" if stage.units_done >= stage.units_total else "?"
         left = stage.units_total - stage.units_done
-        return _fmt_duration(self.elapsed / stage.units_done * left)
+        return fmt_duration(self.elapsed / stage.units_done * left)
 
     def render(self) -> str:
         lines = [
             f"{self.name} {self.version}  fingerprint {self.fingerprint[:12]}"
-            f"  elapsed {_fmt_duration(self.elapsed)}",
+            f"  elapsed {fmt_duration(self.elapsed)}",
             f"{'stage':<10} {'shards':>9} {'units':>13} {'failed':>7} {'items':>9}"
             f" {'tokens':>10} {'ETA':>9}",
         ]
@@ -99,14 +99,12 @@ def run_status(run_dir: Path) -> RunStatus:
         adone = store.shard_info("annotate", shard)
         if adone is not None:
             annotate.shards_done += 1
+            annotate.units_done += per_shard[shard]
             annotate.items += adone.counts.get("annotations", 0)
             annotate.failed += adone.counts.get("failed", 0)
         else:
             annotate.items += sum(1 for _ in store.read_journal("annotate", shard))
     annotate.units_total = discuss.units_total
-    annotate.units_done = sum(
-        per_shard[s] for s in per_shard if store.shard_info("annotate", s) is not None
-    )
     status.stages.append(discuss)
     if (run_dir / "journal" / "annotate").exists() or annotate.shards_done:
         status.stages.append(annotate)

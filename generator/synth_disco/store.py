@@ -254,11 +254,8 @@ class RunStore:
         d = json.loads(path.read_text(encoding="utf-8"))
         return ShardInfo(d["stage"], d["shard"], d["files"], d["counts"], d.get("members", []))
 
-    def is_done(self, stage: str, shard: int, members: list[str] | None = None) -> bool:
-        info = self.shard_info(stage, shard)
-        if info is None:
-            return False
-        return members is None or info.members == members
+    def is_done(self, stage: str, shard: int) -> bool:
+        return self.done_path(stage, shard).exists()
 
     def finish_shard(
         self,
@@ -292,29 +289,17 @@ class RunStore:
 
     def shard_files(self, stage: str, table: str) -> list[Path]:
         """Finished shard files of one table, in shard order."""
-        folder = self.root / "shards" / stage
-        if not folder.exists():
-            return []
-        done = sorted(folder.glob("shard-*.done.json"))
-        out = []
-        for marker in done:
-            shard = int(marker.name.split(".")[0].split("-")[1])
-            path = self.shard_path(stage, shard, table)
-            if path.exists():
-                out.append(path)
-        return out
+        paths = (self.shard_path(stage, info.shard, table) for info in self.done_shards(stage))
+        return [p for p in paths if p.exists()]
 
     def done_shards(self, stage: str) -> list[ShardInfo]:
+        """The done markers of one stage, in shard order."""
         folder = self.root / "shards" / stage
-        if not folder.exists():
-            return []
-        infos = []
-        for marker in sorted(folder.glob("shard-*.done.json")):
-            shard = int(marker.name.split(".")[0].split("-")[1])
-            info = self.shard_info(stage, shard)
-            if info is not None:
-                infos.append(info)
-        return infos
+        markers = sorted(folder.glob("shard-*.done.json")) if folder.exists() else []
+        infos = (
+            self.shard_info(stage, int(m.name[len("shard-") :].split(".")[0])) for m in markers
+        )
+        return [info for info in infos if info is not None]
 
     @contextlib.contextmanager
     def lock_shard(self, stage: str, shard: int) -> Iterator[bool]:
