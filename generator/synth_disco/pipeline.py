@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,14 +95,13 @@ def detect_world() -> World:
 
 
 # -- logging and signals -----------------------------------------------------------------------
-def setup_logging(store: RunStore, world: World, verbose: bool = False) -> None:
+@contextmanager
+def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterator[None]:
+    """Log to the console and to ``logs/run.log`` while a build runs; restore the logger after
+    (a library call must not leave handlers behind in the caller's process)."""
     store.log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("synth_disco")
-    logger.setLevel(logging.DEBUG)
-    for h in list(logger.handlers):
-        if getattr(h, "_synth_disco", False):
-            logger.removeHandler(h)
-            h.close()
+    saved = (logger.level, logger.propagate)
     file_handler = logging.FileHandler(store.log_path, encoding="utf-8")
     file_handler.setLevel(logging.DEBUG)
     rank = f"[rank {world.rank}] " if world.size > 1 else ""
@@ -110,10 +109,18 @@ def setup_logging(store: RunStore, world: World, verbose: bool = False) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter(f"{rank}%(message)s"))
-    for h in (file_handler, console):
-        h._synth_disco = True  # type: ignore[attr-defined]
-        logger.addHandler(h)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    for h in (file_handler, console):
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in (file_handler, console):
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 @contextmanager
@@ -229,80 +236,81 @@ def build(
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
     world = detect_world()
-    setup_logging(store, world, verbose)
-    extended_from = open_run(loaded, store, overrides, world)
-    report = BuildReport(store.root, extended_from=extended_from)
-    if extended_from is not None:
-        log.info("extending the run from %d to %d replicates", extended_from, recipe.replicates)
+    with run_logging(store, world, verbose):
+        extended_from = open_run(loaded, store, overrides, world)
+        report = BuildReport(store.root, extended_from=extended_from)
+        if extended_from is not None:
+            log.info("extending the run from %d to %d replicates", extended_from, recipe.replicates)
 
-    plan = make_plan(loaded)
-    if world.is_main:
-        write_plan(plan, store.plan_path)
-    world.barrier()
-    crash_point("planned")
-    mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
-    log.info(
-        "%s %s: %d discussions in %d shards (%d for this process), fingerprint %s",
-        recipe.name,
-        recipe.version,
-        plan.n_discussions,
-        plan.n_shards,
-        len(mine),
-        loaded.fingerprint[:12],
-    )
-
-    if stage == "all" and not retry_failed and is_complete(loaded, store, plan.n_shards):
-        log.info("nothing to do: %s is complete (dataset in %s)", store.root, store.dataset_dir)
-        report.nothing_to_do = True
-        report.dataset_dir = store.dataset_dir
-        return report
-
-    engines = EngineCache(engine_loader)
-    try:
-        with stop_on_signals() as should_stop:
-            if stage in ("all", "discuss"):
-                runner = DiscussionRunner(
-                    store,
-                    plan.specs_for_shard,
-                    engines,
-                    list(plan.factors),
-                    max_concurrent=recipe.run.max_concurrent,
-                    retry_failed=retry_failed,
-                    should_stop=should_stop,
-                )
-                report.discuss = runner.run(mine)
-                if report.discuss.stopped:
-                    raise Interrupted(resume_hint(recipe_path, overrides, store))
-                world.barrier()
-                crash_point("between.stages")
-            if stage in ("all", "annotate") and recipe.annotation is not None:
-                require_discussions(store, mine)
-                report.annotate = run_annotation(
-                    loaded, store, mine, engines, should_stop, retry_failed
-                )
-                if getattr(report.annotate, "stopped", False):
-                    raise Interrupted(resume_hint(recipe_path, overrides, store))
-                world.barrier()
-                if world.is_main:
-                    from synth_disco.annotation.stage import write_aggregates
-
-                    write_aggregates(store, recipe.annotation)
-    finally:
-        engines.close()
-
-    if not world.is_main:
-        return report
-    missing = [s for s in range(plan.n_shards) if not store.is_done("discuss", s)]
-    if missing:
-        raise StoreError(
-            f"{len(missing)} discussion shards are not finished (e.g. shard {missing[0]}); "
-            "another process may still be working on them: re-run when it is done"
+        plan = make_plan(loaded)
+        if world.is_main:
+            write_plan(plan, store.plan_path)
+        world.barrier()
+        crash_point("planned")
+        mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
+        log.info(
+            "%s %s: %d discussions in %d shards (%d for this process), fingerprint %s",
+            recipe.name,
+            recipe.version,
+            plan.n_discussions,
+            plan.n_shards,
+            len(mine),
+            loaded.fingerprint[:12],
         )
-    if stage in ("all", "assemble"):
-        report.dataset_dir = assemble_run(loaded, store)
-        crash_point("end")
-    check_failures(loaded, store)
-    return report
+
+        if stage == "all" and not retry_failed and is_complete(loaded, store, plan.n_shards):
+            log.info("nothing to do: %s is complete (dataset in %s)", store.root, store.dataset_dir)
+            report.nothing_to_do = True
+            report.dataset_dir = store.dataset_dir
+            return report
+
+        engines = EngineCache(engine_loader)
+        try:
+            with stop_on_signals() as should_stop:
+                if stage in ("all", "discuss"):
+                    runner = DiscussionRunner(
+                        store,
+                        plan.specs_for_shard,
+                        engines,
+                        list(plan.factors),
+                        max_concurrent=recipe.run.max_concurrent,
+                        retry_failed=retry_failed,
+                        should_stop=should_stop,
+                    )
+                    report.discuss = runner.run(mine)
+                    if report.discuss.stopped:
+                        raise Interrupted(resume_hint(recipe_path, overrides, store))
+                    world.barrier()
+                    crash_point("between.stages")
+                if stage in ("all", "annotate") and recipe.annotation is not None:
+                    require_discussions(
+                        store, mine, "run the discussions first (`--stage discuss`, or no --stage)"
+                    )
+                    report.annotate = run_annotation(
+                        loaded, store, mine, engines, should_stop, retry_failed
+                    )
+                    if getattr(report.annotate, "stopped", False):
+                        raise Interrupted(resume_hint(recipe_path, overrides, store))
+                    world.barrier()
+                    if world.is_main:
+                        from synth_disco.annotation.stage import write_aggregates
+
+                        write_aggregates(store, recipe.annotation)
+        finally:
+            engines.close()
+
+        if not world.is_main:
+            return report
+        require_discussions(
+            store,
+            range(plan.n_shards),
+            "another process may still be working on them: re-run when it is done",
+        )
+        if stage in ("all", "assemble"):
+            report.dataset_dir = assemble_run(loaded, store)
+            crash_point("end")
+        check_failures(loaded, store)
+        return report
 
 
 def is_complete(loaded: LoadedRecipe, store: RunStore, n_shards: int) -> bool:
@@ -316,12 +324,13 @@ def is_complete(loaded: LoadedRecipe, store: RunStore, n_shards: int) -> bool:
     return all(store.is_done(st, s) for st in stages for s in range(n_shards))
 
 
-def require_discussions(store: RunStore, shards: list[int]) -> None:
+def require_discussions(store: RunStore, shards: Iterable[int], what_to_do: str) -> None:
+    """Raise unless every given discussion shard is done; ``what_to_do`` ends the message."""
     missing = [s for s in shards if not store.is_done("discuss", s)]
     if missing:
         raise StoreError(
             f"{len(missing)} discussion shards are not finished (e.g. shard {missing[0]}): "
-            "run the discussions first (`--stage discuss`, or no --stage)"
+            + what_to_do
         )
 
 
