@@ -59,6 +59,11 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
 
 SYNDISCO_VERSION = "2.2.1"
 VENV = WORK_DIR / "syndisco-venv"
+# synth-disco runs from its own venv too, installed as the README says (`pip install -e .`):
+# a shared interpreter with unrelated packages (scipy, boto3, ...) makes transformers import
+# them while loading a model, which adds ~45 MiB of RSS that is not synth-disco's.
+SD_VENV = WORK_DIR / "synth-disco-venv"
+REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "small": Workload("small", discussions=8),
     "medium": Workload("medium", discussions=64),
@@ -79,27 +84,17 @@ ANNOTATION_CONTEXT = 2
 
 
 # -- SynDisco's environment ---------------------------------------------------------------------
-def venv_python() -> Path:
-    return VENV / "bin" / "python"
+def venv_python(venv: Path = VENV) -> Path:
+    return venv / "bin" / "python"
 
 
-def ensure_syndisco() -> Path:
-    """Create the SynDisco venv if missing; return its python."""
-    py = venv_python()
-    check = [str(py), "-c", "import syndisco; print(syndisco.__version__)"]
-    if py.exists():
-        done = subprocess.run(check, capture_output=True, text=True)
-        if done.returncode == 0 and done.stdout.strip() == SYNDISCO_VERSION:
-            return py
-    print(
-        f"installing SynDisco {SYNDISCO_VERSION} into {VENV.relative_to(WORK_DIR.parent)} ...",
-        file=sys.stderr,
-    )
+def _new_venv(venv: Path) -> list[str]:
+    """Create ``venv`` with torch of this interpreter's version; its pip install command.
+
+    Every package this interpreter has (torch, transformers, numpy, ...) is written to a
+    constraints file, so that both systems run the same libraries."""
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    # Pin every package this interpreter has (torch, transformers, numpy, ...) so that both
-    # systems run the same libraries; SynDisco 2.x declares Python >= 3.12, hence the flag
-    # (a plain install on 3.11 silently picks the old 1.0.2 with another API).
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     freeze = subprocess.run(
         [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
         capture_output=True,
@@ -109,18 +104,48 @@ def ensure_syndisco() -> Path:
     pins = [ln for ln in freeze.splitlines() if "==" in ln and not ln.startswith("-")]
     constraints = WORK_DIR / "constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")
-    pip = [str(py), "-m", "pip", "install", "-q"]
+    pip = [str(venv_python(venv)), "-m", "pip", "install", "-q"]
     import torch
 
     subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
-    subprocess.run(
-        [*pip, "--ignore-requires-python", "-c", str(constraints), f"syndisco=={SYNDISCO_VERSION}"],
-        check=True,
-    )
-    done = subprocess.run(check, capture_output=True, text=True)
-    if done.returncode != 0 or done.stdout.strip() != SYNDISCO_VERSION:
-        raise RuntimeError(f"SynDisco install failed: {done.stdout}{done.stderr}")
-    return py
+    return [*pip, "-c", str(constraints)]
+
+
+def _venv_reports(venv: Path, code: str, expected: str) -> bool:
+    py = venv_python(venv)
+    if not py.exists():
+        return False
+    done = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    return done.returncode == 0 and done.stdout.strip() == expected
+
+
+def ensure_syndisco() -> Path:
+    """Create the SynDisco venv if missing; return its python."""
+    check = "import syndisco; print(syndisco.__version__)"
+    if not _venv_reports(VENV, check, SYNDISCO_VERSION):
+        print(f"installing SynDisco {SYNDISCO_VERSION} into bench/_work ...", file=sys.stderr)
+        # SynDisco 2.x declares Python >= 3.12, hence the flag (a plain install on 3.11
+        # silently picks the old 1.0.2 with another API).
+        pip = _new_venv(VENV)
+        subprocess.run(
+            [*pip, "--ignore-requires-python", f"syndisco=={SYNDISCO_VERSION}"], check=True
+        )
+        if not _venv_reports(VENV, check, SYNDISCO_VERSION):
+            raise RuntimeError("SynDisco install failed")
+    return venv_python(VENV)
+
+
+def ensure_synth_disco_venv() -> Path:
+    """Create synth-disco's venv (an editable install of this checkout) if missing."""
+    check = "import synth_disco, pathlib; print(pathlib.Path(synth_disco.__file__).resolve())"
+    expected = str(REPO / "generator" / "synth_disco" / "__init__.py")
+    if not _venv_reports(SD_VENV, check, expected):
+        print("installing synth-disco (editable) into bench/_work ...", file=sys.stderr)
+        pip = _new_venv(SD_VENV)
+        subprocess.run([*pip, "-e", str(REPO)], check=True)
+        if not _venv_reports(SD_VENV, check, expected):
+            raise RuntimeError("synth-disco install into its benchmark venv failed")
+    return venv_python(SD_VENV)
 
 
 # The SynDisco driver, generated into bench/_work/. It uses SynDisco's public API only.
@@ -254,7 +279,12 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
     cfg = AnnotationConfig.model_validate(
         {
             "annotators": {"pool": "annotators", "per_comment": "all"},
-            "context_window": ANNOTATION_CONTEXT,
+            "layout": spec["annotation_layout"],
+            **(
+                {"context_window": ANNOTATION_CONTEXT}
+                if spec["annotation_layout"] == "window"
+                else {}
+            ),
             "method": "score",
             "include_seed": True,
             "instructions": spec["context"],
@@ -330,6 +360,7 @@ def child_spec(w: Workload, args: argparse.Namespace, model_path: Path) -> dict[
         "annotation_instructions": DIMENSION_TEXT,
         "annotation_history": ANNOTATION_CONTEXT + 1,
         "annotation_tokens": args.annotation_tokens,
+        "annotation_layout": args.annotation_layout,
         "max_concurrent": args.max_concurrent,
         "max_batch_size": args.max_batch_size,
     }
@@ -342,8 +373,14 @@ def system_label(max_batch_tokens: int | None) -> str:
 
 
 def run_side(
-    system: str, spec_path: Path, threads: int, timeout: float, max_batch_tokens: int | None
+    system: str,
+    spec_path: Path,
+    threads: int,
+    timeout: float,
+    max_batch_tokens: int | None,
+    sd_python: Path,
 ) -> dict[str, Any]:
+    """One child run of ``system``; synth-disco's runs under ``sd_python``."""
     env = pinned_env(threads)
     env["TQDM_DISABLE"] = "1"  # SynDisco draws progress bars; neither side should print
     if system == "SynDisco":
@@ -351,7 +388,7 @@ def run_side(
         driver.write_text(SYNDISCO_DRIVER)
         cmd = [str(venv_python()), str(driver), str(spec_path)]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--driver", str(spec_path)]
+        cmd = [str(sd_python), str(Path(__file__).resolve()), "--driver", str(spec_path)]
         if max_batch_tokens is not None:
             cmd += ["--max-batch-tokens", str(max_batch_tokens)]
     with Timer() as t:
@@ -423,6 +460,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, both sides")
     ap.add_argument("--annotation-tokens", type=int, default=1)
+    ap.add_argument(
+        "--annotation-layout",
+        choices=("thread", "window"),
+        default="thread",
+        help="synth-disco's annotation layout (thread: each discussion runs once for all its "
+        "labels; window: one prompt per label with the last 2 comments)",
+    )
     ap.add_argument("--max-concurrent", type=int, default=64)
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument(
@@ -432,6 +476,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also run synth-disco with this engine token budget per batch (repeatable); "
         "the plain synth-disco row uses the recipe default (none)",
+    )
+    ap.add_argument(
+        "--own-venv",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run synth-disco from its own venv in bench/_work, like SynDisco (default); "
+        "--no-own-venv runs it with this interpreter",
     )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per child run")
     ap.add_argument("--json", type=Path, default=None, help="also write every run here")
@@ -448,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     ensure_syndisco()
+    sd_python = ensure_synth_disco_venv() if args.own_venv else Path(sys.executable)
     model_path = forced_length_tiny_model()
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
@@ -470,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
                 order.reverse()
             for system, budget in order:
                 loads.append(os.getloadavg()[0])
-                r = run_side(system, specs[name], args.threads, args.timeout, budget)
+                r = run_side(system, specs[name], args.threads, args.timeout, budget, sd_python)
                 runs[name][system].append(r)
                 print(
                     f"rep {rep + 1} {name} {system}: discuss {r['discuss_s']:.1f}s, "

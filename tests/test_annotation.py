@@ -110,6 +110,8 @@ def make_cfg(**kw) -> AnnotationConfig:
             "stance": {"categories": ["agree", "disagree", "neutral"]},
         },
     }
+    if kw.get("layout") == "thread":
+        del base["context_window"]  # every earlier comment is in view
     base.update(kw)
     return AnnotationConfig.model_validate(base)
 
@@ -217,6 +219,36 @@ def test_prompt_shows_context_then_marked_target_then_labels():
     # The shared instructions come first and are the same for every task.
     other = PromptBuilder(cfg).messages(build_tasks(comments, cfg, ANNOTATORS, 1)[0])[0]
     assert system == other
+
+
+def test_thread_layout_shows_the_whole_discussion_then_asks_about_its_last_comment():
+    comments = make_comments(2, 5)
+    cfg = make_cfg(layout="thread")
+    tasks = build_tasks(comments, cfg, ANNOTATORS, 1)
+    task = next(t for t in tasks if t.id.startswith("d1-c4|"))
+    assert [c.comment_id for c in task.context] == [f"d1-c{i}" for i in range(4)]
+    prompts = PromptBuilder(cfg)
+    system, user = prompts.messages(task)
+    text = user["content"]
+    at = [text.index(f"Comment {i} of d1") for i in range(5)]
+    assert at == sorted(at) and "of d0" not in text
+    # Dimension, labels and annotator come first (shared by all of a discussion's labels),
+    # the one-line question naming the target comes last.
+    assert text.index("- 1: not toxic") < text.index(task.annotator.name) < at[0]
+    assert text.endswith(prompts.thread_question(task))
+    assert "[5]" in prompts.thread_question(task) and text.count(">>>>>") == 1
+    # Each label's prompt extends the previous comment's by exactly one segment.
+    earlier = next(t for t in tasks if t.id == task.id.replace("d1-c4", "d1-c2"))
+    head = prompts.messages(earlier)[1]["content"].removesuffix(prompts.thread_question(earlier))
+    assert text.startswith(head)
+    assert system == prompts.messages(earlier)[0]
+
+
+def test_thread_layout_and_context_window_are_exclusive():
+    with pytest.raises(ValueError, match="context_window applies to layout: window only"):
+        AnnotationConfig.model_validate(
+            {"layout": "thread", "context_window": 2, "dimensions": {"t": {"scale": [1, 2]}}}
+        )
 
 
 def test_prompt_templates_are_sandboxed():
@@ -762,6 +794,59 @@ def test_tiny_model_score_method_end_to_end(tmp_path, tiny_engine):
     for x, y in zip(rows, rows_b, strict=True):
         assert [s["prob"] for s in x["scores"]] == pytest.approx(
             [s["prob"] for s in y["scores"]], abs=1e-5
+        )
+
+
+class PromptByPrompt:
+    """The tiny engine without ``score_threads``: every label scored on its own prompt."""
+
+    def __init__(self, engine):
+        self.inner = engine
+
+    def __getattr__(self, name):
+        if name == "score_threads":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_tiny_model_thread_layout_runs_each_discussion_once_with_the_same_scores(
+    tmp_path, tiny_engine
+):
+    cfg = make_cfg(layout="thread", annotators={"pool": "annotators", "per_comment": 2})
+    shards = shard_tables(make_comments(3, 5), per_shard=2)
+    calls = []
+    real = tiny_engine.score_threads
+
+    def counted(requests):
+        calls.append(requests)
+        return real(requests)
+
+    tiny_engine.score_threads = counted
+    try:
+        store, result = run(tmp_path / "packed", cfg, tiny_engine, shards, max_batch=7)
+    finally:
+        del tiny_engine.score_threads
+    rows = all_rows(store)
+    assert len(rows) == 3 * 4 * 2 * 2 and result.failed == 0  # 4 user/moderator comments
+    # One request per (discussion, annotator, dimension), each covering all its comments:
+    # batches end on discussion boundaries even with max_batch=7.
+    requests = [r for call in calls for r in call]
+
+    def group(task_id: str) -> tuple[str, str, str]:
+        comment, annotator, dimension = task_id.split("|")
+        return comment.split("-")[0], annotator, dimension
+
+    groups = [{group(q.id) for q in r.questions} for r in requests]
+    assert all(len(g) == 1 for g in groups)
+    assert len({next(iter(g)) for g in groups}) == len(requests)  # no discussion run twice
+    assert sum(len(r.questions) for r in requests) == len(rows)
+    plain_store, _ = run(tmp_path / "plain", cfg, PromptByPrompt(tiny_engine), shards)
+    plain = {(r["comment_id"], r["annotator_id"], r["dimension"]): r for r in all_rows(plain_store)}
+    for r in rows:
+        p = plain[(r["comment_id"], r["annotator_id"], r["dimension"])]
+        assert r["label"] == p["label"]
+        assert [s["prob"] for s in r["scores"]] == pytest.approx(
+            [s["prob"] for s in p["scores"]], abs=1e-4
         )
 
 

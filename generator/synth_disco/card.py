@@ -454,6 +454,12 @@ def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None)
         "method": a.method,
         "method_doc": METHOD_DOCS.get(a.method, ""),
         "context_window": a.context_window,
+        "context": (
+            "every earlier comment of the discussion as context (layout `thread`)"
+            if a.layout == "thread"
+            else f"the original post and the previous {a.context_window} comments as context "
+            "(layout `window`)"
+        ),
         "dimensions": dims,
     }
 

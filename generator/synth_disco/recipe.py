@@ -212,6 +212,11 @@ class AnnotatorsConfig(Strict):
 class AnnotationConfig(Strict):
     model: str | None = None
     annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)
+    # window: each label has its own prompt with the OP and the last context_window comments.
+    # thread: the annotator reads the discussion from the start and labels each comment with
+    # everything before it in view; the engine then runs each discussion once for all its
+    # labels (see annotation/prompts.py), several times faster than window.
+    layout: Literal["window", "thread"] = "window"
     context_window: int = Field(3, ge=0)
     method: Literal["score", "generate"] = "score"
     rationale: bool = False
@@ -227,6 +232,15 @@ class AnnotationConfig(Strict):
         if not v:
             raise ValueError("at least one dimension is needed")
         return v
+
+    @model_validator(mode="after")
+    def _layout(self) -> AnnotationConfig:
+        if self.layout == "thread" and "context_window" in self.model_fields_set:
+            raise ValueError(
+                "context_window applies to layout: window only (with layout: thread every "
+                "earlier comment is in view); remove one of the two"
+            )
+        return self
 
 
 class HubOutput(Strict):

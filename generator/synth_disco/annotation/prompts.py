@@ -1,11 +1,18 @@
 """The annotation prompt: natural text, rendered from sandboxed Jinja templates.
 
-Layout, most shared first so the engine's prefix reuse covers as much as possible: the system
-message holds the shared instructions (the same for every task of a run); the user message holds
-the earlier comments, then the target comment between unmistakable markers, then the dimension
-with its label set, then the annotator, then how to answer. Tasks on the same comment and
-dimension share everything up to the annotator line, so each extra annotator costs only its
-last few tokens.
+Two layouts (``annotation.layout``), both with the shared instructions as the system message:
+
+* ``window``, most shared first so the engine's prefix reuse covers as much as possible: the
+  user message holds the earlier comments, then the target comment between unmistakable
+  markers, then the dimension with its label set, then the annotator, then how to answer. Tasks
+  on the same comment and dimension share everything up to the annotator line, so each extra
+  annotator costs only its last few tokens.
+* ``thread``: the user message holds the dimension with its label set, the annotator and how
+  to answer (the head), then the discussion from its first comment up to the target (one
+  segment per comment), then a one-line question naming the target (the last comment shown).
+  Every label of a (discussion, annotator, dimension) reads a prefix of the same text, so an
+  engine with ``score_threads`` runs the discussion once for all of them; the head is the same
+  for every discussion, so an engine's prefix reuse serves it too.
 """
 
 from __future__ import annotations
@@ -63,6 +70,38 @@ Answer with exactly one label from the list on the first line, then one or two s
 Answer with exactly one label from the list and nothing else.
 {%- endif %}"""
 
+THREAD_HEAD_TEMPLATE = """\
+Dimension: {{ dimension.name }}
+{%- if dimension.instructions %}
+{{ dimension.instructions }}
+{%- endif %}
+{% if dimension.level == "ordinal" %}Labels (an ordered scale, lowest first):{% else %}Labels:{% endif %}
+{%- for l in dimension.labels %}
+- {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
+{%- endfor %}
+
+You are the annotator {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
+
+Below is a discussion, oldest comment first. At the end you are asked about its last comment: \
+judge only that comment, using the earlier ones to understand it. \
+{% if method == "generate" and rationale -%}
+Answer with exactly one label from the list on the first line, then one or two sentences on why.
+{%- else -%}
+Answer with exactly one label from the list and nothing else.
+{%- endif %}
+
+"""
+
+THREAD_SEGMENT_TEMPLATE = """\
+[{{ c.position }}] {{ c.author }}{{ c.role_note }}:
+{{ c.text }}
+
+"""
+
+# Short on purpose: the one part of a thread-layout prompt that is not shared with other labels.
+THREAD_QUESTION_TEMPLATE = """\
+>>>>> Your label for comment [{{ target.position }}] by {{ target.author }}:"""
+
 ROLE_NOTES = {"op": " (original post)", "seed": "", "moderator": " (moderator)", "user": ""}
 
 
@@ -91,7 +130,12 @@ class PromptBuilder:
         self.cfg = cfg
         self._system = env.from_string(system_template or SYSTEM_TEMPLATE)
         self._user = env.from_string(user_template or USER_TEMPLATE)
-        self._system_text = self._system.render(
+        self._head = env.from_string(THREAD_HEAD_TEMPLATE)
+        self._segment = env.from_string(THREAD_SEGMENT_TEMPLATE)
+        self._question = env.from_string(THREAD_QUESTION_TEMPLATE)
+        self._segments: dict[tuple[Any, ...], str] = {}  # rendered thread segment per comment
+        self._heads: dict[tuple[str, ...], str] = {}  # per (annotator, dimension)
+        self.system_text = self._system.render(
             base=BASE_INSTRUCTIONS,
             instructions=text_value(cfg.instructions, "annotation.instructions").strip(),
         ).strip()
@@ -119,29 +163,65 @@ class PromptBuilder:
     def messages(self, task: Task, context: Sequence[Any] | None = None) -> list[dict[str, str]]:
         """The chat messages of ``task``; ``context`` overrides the task's context comments."""
         ctx = task.context if context is None else context
-
-        def view(c: Any) -> dict[str, Any]:
-            return {
-                "position": c.index + 1,
-                "author": c.author or "unknown",
-                "role": c.role,
-                "role_note": ROLE_NOTES.get(c.role, f" ({c.role})"),
-                "text": c.text.strip(),
-            }
-
-        user = self._user.render(
-            context=[view(c) for c in ctx],
-            target=view(task.target),
-            annotator={
-                "id": task.annotator.id,
-                "name": task.annotator.name,
-                "description": task.annotator.description.strip(),
-            },
-            dimension=self._dimensions[task.dimension],
-            method=self.cfg.method,
-            rationale=self.cfg.rationale,
-        ).strip()
+        if self.cfg.layout == "thread":
+            body = "".join(self.thread_segment(c) for c in (*ctx, task.target))
+            user = self.thread_head(task) + body + self.thread_question(task)
+        else:
+            user = self._user.render(
+                context=[_view(c) for c in ctx],
+                target=_view(task.target),
+                annotator=_annotator(task),
+                dimension=self._dimensions[task.dimension],
+                method=self.cfg.method,
+                rationale=self.cfg.rationale,
+            ).strip()
         return [
-            {"role": "system", "content": self._system_text},
+            {"role": "system", "content": self.system_text},
             {"role": "user", "content": user},
         ]
+
+    # -- thread layout: the user message is head + segments up to the target + question
+
+    def thread_head(self, task: Task) -> str:
+        key = (task.annotator.id, task.annotator.name, task.annotator.description, task.dimension)
+        text = self._heads.get(key)
+        if text is None:
+            text = self._head.render(
+                dimension=self._dimensions[task.dimension],
+                annotator=_annotator(task),
+                method=self.cfg.method,
+                rationale=self.cfg.rationale,
+            )
+            if len(self._heads) < 10_000:
+                self._heads[key] = text
+        return text
+
+    def thread_segment(self, comment: Any) -> str:
+        key = (comment.comment_id, comment.index, comment.author, comment.role, comment.text)
+        text = self._segments.get(key)
+        if text is None:
+            text = self._segment.render(c=_view(comment))
+            if len(self._segments) < 100_000:  # a shard's comments; bounded all the same
+                self._segments[key] = text
+        return text
+
+    def thread_question(self, task: Task) -> str:
+        return self._question.render(target=_view(task.target))
+
+
+def _view(c: Any) -> dict[str, Any]:
+    return {
+        "position": c.index + 1,
+        "author": c.author or "unknown",
+        "role": c.role,
+        "role_note": ROLE_NOTES.get(c.role, f" ({c.role})"),
+        "text": c.text.strip(),
+    }
+
+
+def _annotator(task: Task) -> dict[str, str]:
+    return {
+        "id": task.annotator.id,
+        "name": task.annotator.name,
+        "description": task.annotator.description.strip(),
+    }

@@ -25,7 +25,13 @@ from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.parse import parse_answer
 from synth_disco.annotation.prompts import PromptBuilder
 from synth_disco.annotation.tasks import STAGE, Task, build_tasks
-from synth_disco.engines.base import ChatRequest, SamplingParams, ScoreRequest
+from synth_disco.engines.base import (
+    ChatRequest,
+    SamplingParams,
+    ScoreRequest,
+    ThreadQuestion,
+    ThreadScoreRequest,
+)
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe import AnnotationConfig
@@ -129,6 +135,12 @@ class _Caller:
 
     def call(self, batch: list[tuple[Task, int]]) -> list[dict[str, Any]]:
         """One engine call; one outcome dict per (task, attempt), in order."""
+        if (
+            self.cfg.method == "score"
+            and self.cfg.layout == "thread"
+            and hasattr(self.engine, "score_threads")
+        ):
+            return self._score_threads([t for t, _ in batch])
         if self.cfg.method == "score":
             sreqs = [
                 ScoreRequest(
@@ -151,6 +163,55 @@ class _Caller:
         completions = self.engine.generate(greqs)
         _check_ids(greqs, completions)
         return [self._generate_outcome(t, c) for (t, _), c in zip(batch, completions, strict=True)]
+
+    def _score_threads(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """Thread layout: one :class:`ThreadScoreRequest` per (discussion, annotator,
+        dimension), so the engine runs each discussion once for all the labels an annotator
+        gives in it. A task whose whole thread may not fit the model goes alone, with its
+        oldest comments dropped (:meth:`messages`)."""
+        p = self.prompts
+        groups: dict[tuple[str, str, str], list[Task]] = {}
+        alone: list[Task] = []
+        budget = None if self.max_context is None else self.max_context - _SCORE_RESERVE
+        for t in tasks:
+            if budget is not None:
+                parts = (p.system_text, p.thread_head(t), p.thread_question(t))
+                size = sum(len(x.encode()) for x in parts)
+                size += sum(len(p.thread_segment(c).encode()) for c in (*t.context, t.target))
+                if size + _CONTEXT_MARGIN > budget:
+                    alone.append(t)
+                    continue
+            key = (t.target.discussion_id, t.annotator.id, t.dimension)
+            groups.setdefault(key, []).append(t)
+        requests = []
+        for group in groups.values():
+            # Thread-layout contexts are every earlier comment, so each task's context is a
+            # prefix of the latest target's.
+            last = max(group, key=lambda t: len(t.context))
+            requests.append(
+                ThreadScoreRequest(
+                    system=p.system_text,
+                    head=p.thread_head(last),
+                    segments=tuple(p.thread_segment(c) for c in (*last.context, last.target)),
+                    questions=tuple(
+                        ThreadQuestion(
+                            t.id, len(t.context), p.thread_question(t), p.labels(t.dimension)
+                        )
+                        for t in group
+                    ),
+                )
+            )
+        scores = self.engine.score_threads(requests) if requests else []
+        if alone:
+            sreqs = [
+                ScoreRequest(id=t.id, messages=self.messages(t), labels=p.labels(t.dimension))
+                for t in alone
+            ]
+            scores = [*scores, *self.engine.score(sreqs)]
+        by_id = {r.id: r for r in scores}
+        if len(by_id) != len(tasks) or any(t.id not in by_id for t in tasks):
+            raise RuntimeError("the engine returned results that do not match its requests")
+        return [self._score_outcome(t, by_id[t.id]) for t in tasks]
 
     def _score_outcome(self, task: Task, res: Any) -> dict[str, Any]:
         labels = self.prompts.labels(task.dimension)
@@ -403,6 +464,12 @@ def _run_shard(
             if should_stop():
                 return False
             batch = [pending.popleft() for _ in range(min(max_batch, len(pending)))]
+            if cfg.layout == "thread":  # whole discussions, so none is run twice
+                while (
+                    pending
+                    and pending[0][0].target.discussion_id == batch[-1][0].target.discussion_id
+                ):
+                    batch.append(pending.popleft())
             outcomes = caller.call(batch)
             result.engine_calls += 1
             finished = failed = 0

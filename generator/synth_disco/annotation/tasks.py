@@ -166,7 +166,8 @@ def build_tasks(
         for pos, target in enumerate(discussion):
             if target.role not in roles or not target.text.strip():
                 continue
-            start = max(0, pos - cfg.context_window)
+            # layout thread: every earlier comment; window: the last context_window of them.
+            start = 0 if cfg.layout == "thread" else max(0, pos - cfg.context_window)
             # The OP stays in view (as for the speakers): a reply is judged against its thread.
             pinned = (discussion[0],) if start > 0 and discussion[0].role == "op" else ()
             context = (*pinned, *discussion[start:pos])

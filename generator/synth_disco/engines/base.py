@@ -56,6 +56,57 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True)
+class ThreadQuestion:
+    """One label to score about a prefix of a :class:`ThreadScoreRequest`'s segments."""
+
+    id: str
+    after: int  # index of the last segment the question sees
+    text: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ThreadScoreRequest:
+    """Many :class:`ScoreRequest` that read growing prefixes of one conversation.
+
+    Question ``q`` asks about ``system`` plus a user message made of ``head``, the segments up
+    to ``q.after`` and ``q.text`` (:meth:`messages`). An engine may score all questions of a
+    request in one pass, computing the shared segments once; it then tokenises ``head``, each
+    segment and each question on their own, which can differ from tokenising the joined text
+    at the boundaries (one token merge at most per boundary).
+    """
+
+    system: str
+    head: str
+    segments: tuple[str, ...]
+    questions: tuple[ThreadQuestion, ...]
+
+    def messages(self, q: ThreadQuestion, first: int = 0) -> list[dict[str, str]]:
+        """The chat messages of question ``q``; ``first`` drops the segments before it."""
+        body = "".join(self.segments[first : q.after + 1])
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.head + body + q.text},
+        ]
+
+
+def score_threads_by_prompts(
+    engine: Engine, requests: list[ThreadScoreRequest]
+) -> list[LabelScores]:
+    """The reference for ``score_threads``: every question as its own :class:`ScoreRequest`.
+
+    Engines without a one-pass implementation are scored this way; results come in request
+    order, then question order.
+    """
+    flat = [
+        ScoreRequest(id=q.id, messages=req.messages(q), labels=q.labels)
+        for req in requests
+        for q in req.questions
+    ]
+    return engine.score(flat) if flat else []
+
+
+@dataclass(frozen=True)
 class LabelScores:
     """Probability of each label (same order as the request's labels; sums to 1) and the argmax."""
 
@@ -77,6 +128,9 @@ class Engine(Protocol):
     def score(self, requests: list[ScoreRequest]) -> list[LabelScores]: ...
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int: ...
+
+    # Optional: ``score_threads(requests: list[ThreadScoreRequest]) -> list[LabelScores]``,
+    # results in request order then question order, as :func:`score_threads_by_prompts` gives.
 
     @property
     def max_context(self) -> int: ...

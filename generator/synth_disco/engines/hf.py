@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,10 +62,13 @@ from synth_disco.engines.base import (
     LabelScores,
     SamplingParams,
     ScoreRequest,
+    ThreadScoreRequest,
+    score_threads_by_prompts,
 )
 from synth_disco.engines.errors import EngineLoadError
 from synth_disco.engines.prefix_cache import PrefixStore
 from synth_disco.engines.sampling import SeededSampler
+from synth_disco.engines.thread_pack import PackedThread, pack
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,11 @@ _T = TypeVar("_T")
 # bytes of the float32 attention mask SDPA builds for a masked prefill. Chunks this size still
 # run at full speed on a CPU; on accelerators the batch is left whole.
 _CPU_PREFILL_LIMITS = (2048, 8 * 2**20)
+# Bytes of packed-thread attention masks (rows x slots x slots) per forward pass on an
+# accelerator; on a CPU the prefill mask bound above applies.
+_THREAD_MASK_BYTES = 512 * 2**20
+# Stands for the user message when the chat template is split around it.
+_SENTINEL = "\x00synth-disco-user-content\x00"
 
 
 @dataclass
@@ -165,6 +174,9 @@ class TransformersEngine:
         self._oom_token_cap: int | None = None
         self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
         self._label_cache: dict[str, list[int]] = {}
+        self._template_parts: dict[str, tuple[str, str] | None] = {}
+        # Packed thread scoring: None until checked once against plain scoring on this model.
+        self._packed_ok: bool | None = None
         self._closed = False
         self._load(model, revision, dtype, device, device_map, trust_remote_code, chat_template)
         if prefix_cache_mb is None:
@@ -842,6 +854,244 @@ class TransformersEngine:
                 probs = torch.tensor(lps, dtype=torch.float64).softmax(dim=0).tolist()
                 results[i] = _label_scores(requests[i], probs, prompt_lens[i])
         return _all_done(results)
+
+    def score_threads(self, requests: list[ThreadScoreRequest]) -> list[LabelScores]:
+        """Score every question of each request, running each conversation's tokens once.
+
+        A request's trunk (template head and segments) and all its questions go through the
+        model as one row (:mod:`~synth_disco.engines.thread_pack`). Results come in request
+        order, then question order, as :func:`score_threads_by_prompts` gives them. Questions
+        whose labels share a first token, a chat template that cannot be split around the user
+        message, or a model whose packed scores do not match its plain ones (checked once, on
+        the first call) are scored one prompt at a time instead.
+        """
+        self._check_open()
+        slots: list[tuple[int, int]] = [
+            (i, q) for i, req in enumerate(requests) for q in range(len(req.questions))
+        ]
+        index = {slot: n for n, slot in enumerate(slots)}
+        results: list[LabelScores | None] = [None] * len(slots)
+        plain: list[tuple[int, int]] = []
+        items: list[tuple[PackedThread, list[tuple[int, list[int]]]]] = []
+        all_pieces = (
+            self._thread_pieces(requests)
+            if self._packed_ok is not False
+            else [None] * len(requests)
+        )
+        for i, (req, pieces) in enumerate(zip(requests, all_pieces, strict=True)):
+            if pieces is None:
+                plain.extend((i, q) for q in range(len(req.questions)))
+                continue
+            head, segments, questions = pieces
+            ends = list(itertools.accumulate((len(s) for s in segments), initial=len(head)))[1:]
+            kept: list[tuple[int, list[int]]] = []  # (question, label first tokens)
+            for q, (question, tokens) in enumerate(zip(req.questions, questions, strict=True)):
+                firsts = [self._label_ids(lab)[:1] for lab in question.labels]
+                view = ends[question.after] + len(tokens) if 0 <= question.after < len(ends) else 0
+                if not tokens or not view or not all(firsts):
+                    plain.append((i, q))  # the plain path reports what is wrong
+                elif len({f[0] for f in firsts}) < len(firsts):
+                    plain.append((i, q))  # multi-token labels: scored token by token
+                elif view + 1 > self.max_context:
+                    results[index[i, q]] = _error_scores(
+                        question.id,
+                        view,
+                        f"prompt of {view} tokens exceeds the model context of {self.max_context}",
+                    )
+                else:
+                    kept.append((q, [f[0] for f in firsts]))
+            if kept:
+                thread = PackedThread(
+                    trunk=[t for piece in (head, *segments) for t in piece],
+                    ends=ends,
+                    questions=[questions[q] for q, _ in kept],
+                    after=[req.questions[q].after for q, _ in kept],
+                )
+                items.append((thread, [(index[i, q], firsts) for q, firsts in kept]))
+        if items and self._packed_ok is None:
+            self._packed_ok = self._check_packed(items[0][0], items[0][1][-1][1])
+            if not self._packed_ok:
+                plain.extend(slots[n] for _, qs in items for n, _ in qs)
+                items = []
+
+        def run(batch: list[tuple[PackedThread, list[tuple[int, list[int]]]]]) -> None:
+            logits = self._packed_logits([t for t, _ in batch])
+            for row, (thread, questions) in enumerate(batch):
+                for j, (n, firsts) in enumerate(questions):
+                    probs = logits[row, j, firsts].softmax(dim=0).tolist()
+                    i, q = slots[n]
+                    labels = requests[i].questions[q].labels
+                    best = max(range(len(probs)), key=probs.__getitem__)
+                    results[n] = LabelScores(
+                        requests[i].questions[q].id,
+                        tuple(probs),
+                        labels[best],
+                        thread.view_length(j),
+                    )
+
+        def fail(
+            item: tuple[PackedThread, list[tuple[int, list[int]]]], exc: BaseException
+        ) -> None:
+            thread, questions = item
+            for j, (n, _) in enumerate(questions):
+                i, q = slots[n]
+                results[n] = _error_scores(
+                    requests[i].questions[q].id, thread.view_length(j), _short(exc)
+                )
+
+        def padded(batch: list[tuple[PackedThread, Any]]) -> int:
+            return len(batch) * max(t.cost for t, _ in batch)
+
+        items.sort(key=lambda it: it[0].cost)
+        for batch in self._thread_batches(items):
+            self._run_halving(batch, run, fail, padded)
+        if plain:
+            sub = [
+                ThreadScoreRequest(
+                    requests[i].system,
+                    requests[i].head,
+                    requests[i].segments,
+                    (requests[i].questions[q],),
+                )
+                for i, q in plain
+            ]
+            for (i, q), res in zip(plain, score_threads_by_prompts(self, sub), strict=True):
+                results[index[i, q]] = res
+        return _all_done(results)
+
+    def _thread_pieces(
+        self, requests: list[ThreadScoreRequest]
+    ) -> list[tuple[list[int], list[list[int]], list[list[int]]] | None]:
+        """Per request: token ids of the template head with ``head``, of each segment, and of
+        each question with the template's tail; None where the template cannot be split.
+        One tokenizer call for all, each distinct text once (annotators repeat segments)."""
+        splits = [self._template_split(r.system) for r in requests]
+        texts: dict[str, int] = {}
+        for req, parts in zip(requests, splits, strict=True):
+            if parts is not None:
+                for text in (parts[0] + req.head, *req.segments):
+                    texts.setdefault(text, len(texts))
+                for q in req.questions:
+                    texts.setdefault(q.text + parts[1], len(texts))
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        out: list[tuple[list[int], list[list[int]], list[list[int]]] | None] = []
+        for req, parts in zip(requests, splits, strict=True):
+            if parts is None:
+                out.append(None)
+                continue
+            out.append(
+                (
+                    list(ids[texts[parts[0] + req.head]]),
+                    [list(ids[texts[s]]) for s in req.segments],
+                    [list(ids[texts[q.text + parts[1]]]) for q in req.questions],
+                )
+            )
+        return out
+
+    def _template_split(self, system: str) -> tuple[str, str] | None:
+        """The chat template's text before and after the user message, with ``system`` as
+        the system message; None if the template does not hold the message verbatim once."""
+        if system in self._template_parts:
+            return self._template_parts[system]
+        parts = None
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": _SENTINEL},
+                ],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            if text.count(_SENTINEL) == 1:
+                before, after = text.split(_SENTINEL)
+                parts = (before, after)
+        except Exception:
+            parts = None
+        if len(self._template_parts) < 64:
+            self._template_parts[system] = parts
+        return parts
+
+    def _thread_batches(
+        self, items: list[tuple[PackedThread, Any]]
+    ) -> Iterator[list[tuple[PackedThread, Any]]]:
+        """Cut cost-sorted packed threads into batches: rows, padded tokens and the second
+        pass's attention mask (rows x branch slots x all slots) within their limits."""
+        caps = [c for c in (self.max_batch_tokens, self._oom_token_cap) if c]
+        if self._prefill_limits is not None:
+            caps.append(self._prefill_limits[0])
+            mask_cap = self._prefill_limits[1]
+        else:
+            mask_cap = _THREAD_MASK_BYTES
+        token_cap = min(caps) if caps else None
+        size = torch.finfo(self.model.dtype).bits // 8
+        batch: list[tuple[PackedThread, Any]] = []
+        for item in items:
+            t = item[0]
+            rows = len(batch) + 1
+            branch = max(x.branch_length for x, _ in (*batch, item))
+            trunk = max(len(x.trunk) for x, _ in (*batch, item))
+            if batch and (
+                rows > self.max_batch_size
+                or (token_cap is not None and rows * t.cost > token_cap)
+                or rows * branch * (trunk + branch) * size > mask_cap
+            ):
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
+
+    def _packed_logits(self, threads: list[PackedThread]) -> torch.Tensor:
+        """Float32 logits of every question's last token: (rows, most questions, vocab).
+
+        The trunks go through :meth:`_prefill` when there is a prefix store, so the part a
+        trunk shares with an earlier one (the template head, the same for every discussion of
+        an annotator) is not recomputed; otherwise they run right-padded and causal.
+        """
+        dev = self.device
+        with torch.inference_mode():
+            cache, offsets = None, None
+            if self._prefix is not None and self._fast_prefill:
+                # The last token of a _prefill item is left for the caller: a pad stands in.
+                items = [_GenItem(-1, None, [*t.trunk, self._pad_id]) for t in threads]  # type: ignore[arg-type]
+                width = max(len(it.ids) for it in items)
+                cache = self._prefill(items, width, keep=True)
+                offsets = [width - len(it.ids) for it in items]
+            packed = pack(threads, self._pad_id, self.model.dtype, offsets if cache else None)
+            if cache is None:
+                trunk = self.model(
+                    input_ids=packed.trunk_ids.to(dev), use_cache=True, **self._keep_one
+                )
+                cache = trunk.past_key_values
+            kwargs: dict[str, Any] = {"logits_to_keep": packed.keep} if self._keeps_logits else {}
+            out = self.model(
+                input_ids=packed.ids.to(dev),
+                attention_mask=packed.mask.to(dev),
+                position_ids=packed.positions.to(dev),
+                past_key_values=cache,
+                use_cache=True,
+                **kwargs,
+            )
+        return out.logits[:, -packed.keep :, :].float()
+
+    def _check_packed(self, thread: PackedThread, firsts: list[int]) -> bool:
+        """Whether this model scores a packed thread as it scores the same prompt alone (a
+        model that ignores custom attention masks would not); checked on the last question."""
+        try:
+            packed = self._packed_logits([thread])[0, len(thread.questions) - 1, firsts]
+            alone = self._last_logits([thread.view(len(thread.questions) - 1)], keep=False)[0]
+        except Exception as exc:
+            if _is_oom(exc):
+                raise
+            log.info("packed thread scoring unavailable for this model (%s)", _short(exc))
+            return False
+        a, b = packed.softmax(dim=0), alone[firsts].softmax(dim=0)
+        tolerance = 1e-3 if self.model.dtype == torch.float32 else 3e-2
+        ok = bool((a - b).abs().max() <= tolerance)
+        if not ok:
+            log.info("packed thread scores differ from plain ones on this model; not used")
+        return ok
 
     def _forward_tail(self, seqs: list[list[int]], keep: int) -> torch.Tensor:
         """Float32 logits of the last ``keep`` positions of left-padded ``seqs``."""

@@ -1,0 +1,106 @@
+"""Pack a conversation and the questions asked about its prefixes into two forward passes.
+
+A thread of ``n`` segments annotated comment by comment asks one question after each prefix.
+Scored one prompt at a time, segment ``j`` is recomputed by every later question. Packed, each
+token runs once:
+
+1. the trunk (template head and segments) runs as an ordinary causal sequence, unmasked, so
+   the fast causal attention kernels apply (rows are right-padded: causal attention never lets
+   a real token see the padding after it), and its key/value states are kept;
+2. every question is a branch on top of those states: it sees the trunk up to the end of its
+   prefix and its own earlier tokens, and no other token sees it. An explicit attention mask
+   and position ids make each branch compute exactly what it would as the tail of its own
+   prompt (tree attention, as in speculative decoding).
+
+Layout of the second pass (``width`` slots per row): every question's tokens but its last,
+padding, then the questions' last tokens in the final ``keep`` slots, so a model's
+``logits_to_keep=keep`` returns the logits of every question and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PackedThread:
+    """One conversation's token pieces: ``trunk`` is head + segments, ``ends[j]`` the trunk
+    length up to and including segment ``j``; question ``q`` reads ``trunk[:ends[after[q]]]``
+    followed by ``questions[q]`` (at least one token)."""
+
+    trunk: list[int]
+    ends: list[int]
+    questions: list[list[int]]
+    after: list[int]
+
+    def view_length(self, q: int) -> int:
+        return self.ends[self.after[q]] + len(self.questions[q])
+
+    def view(self, q: int) -> list[int]:
+        """The token sequence question ``q`` is scored on (for checks and fallbacks)."""
+        return self.trunk[: self.ends[self.after[q]]] + self.questions[q]
+
+    @property
+    def branch_length(self) -> int:
+        """Slots of this thread's questions in the second pass."""
+        return sum(len(q) for q in self.questions)
+
+    @property
+    def cost(self) -> int:
+        """Tokens both passes run for this thread."""
+        return len(self.trunk) + self.branch_length
+
+
+@dataclass(frozen=True)
+class Packed:
+    """The tensors of both passes for a batch of threads (see the module doc)."""
+
+    trunk_ids: torch.Tensor  # (rows, trunk width), each trunk from its offset
+    ids: torch.Tensor  # (rows, width): question tokens
+    positions: torch.Tensor  # (rows, width)
+    mask: torch.Tensor  # (rows, 1, width, trunk width + width), additive
+    keep: int  # the last ``keep`` slots hold each question's last token, in order
+
+
+def pack(
+    threads: list[PackedThread],
+    pad_id: int,
+    dtype: torch.dtype,
+    offsets: list[int] | None = None,
+) -> Packed:
+    """Both passes' inputs for ``threads``. Padding slots see only themselves (a row with
+    nothing visible would make softmax produce NaN); their outputs are never read.
+
+    ``offsets`` are where each row's trunk starts in a first-pass cache computed elsewhere
+    (left-padded: the trunks end together); by default trunks start at slot 0.
+    """
+    keep = max(len(t.questions) for t in threads)
+    offsets = offsets or [0] * len(threads)
+    trunk_width = max(off + len(t.trunk) for off, t in zip(offsets, threads, strict=True))
+    width = max(t.branch_length - len(t.questions) for t in threads) + keep
+    rows = len(threads)
+    trunk_ids = torch.full((rows, trunk_width), pad_id, dtype=torch.long)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    allowed = torch.zeros((rows, width, trunk_width + width), dtype=torch.bool)
+    own = torch.arange(width)
+    allowed[:, own, trunk_width + own] = True
+    for r, (off, t) in enumerate(zip(offsets, threads, strict=True)):
+        trunk_ids[r, off : off + len(t.trunk)] = torch.tensor(t.trunk, dtype=torch.long)
+        body = 0
+        for q, tokens in enumerate(t.questions):
+            end = t.ends[t.after[q]]
+            k = len(tokens)
+            slots = torch.cat([torch.arange(body, body + k - 1), torch.tensor([width - keep + q])])
+            ids[r, slots] = torch.tensor(tokens, dtype=torch.long)
+            positions[r, slots] = torch.arange(end, end + k)
+            allowed[r, slots, off : off + end] = True
+            # Each question token sees the question's earlier tokens and itself.
+            allowed[r, slots[:, None], trunk_width + slots[None, :]] = torch.ones(
+                (k, k), dtype=torch.bool
+            ).tril()
+            body += k - 1
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return Packed(trunk_ids, ids, positions, mask[:, None], keep)
