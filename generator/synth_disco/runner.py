@@ -15,8 +15,6 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
 from synth_disco import tables
 from synth_disco.discussion.state import DiscussionState
 from synth_disco.engines.base import ChatRequest, Engine
@@ -202,11 +200,11 @@ class DiscussionRunner:
             STAGE,
             work.shard,
             {
-                "discussions": pa.Table.from_pylist(
-                    discussions, schema=tables.discussions_schema(self.factors)
+                "discussions": tables.from_rows(
+                    discussions, tables.discussions_schema(self.factors)
                 ),
-                "comments": pa.Table.from_pylist(comments, schema=tables.COMMENTS),
-                "events": pa.Table.from_pylist(events, schema=tables.EVENTS),
+                "comments": tables.from_rows(comments, tables.COMMENTS),
+                "events": tables.from_rows(events, tables.EVENTS),
             },
             counts,
             work.members,

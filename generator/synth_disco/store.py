@@ -285,7 +285,9 @@ class RunStore:
             self.done_path(stage, shard).unlink()
 
     def read_shard(self, stage: str, shard: int, table: str) -> pa.Table:
-        return pq.read_table(self.shard_path(stage, shard, table))
+        # ParquetFile, not pq.read_table: the latter goes through pyarrow.dataset, which
+        # imports pandas (~50 MiB) in a worker that never needs it.
+        return pq.ParquetFile(self.shard_path(stage, shard, table)).read()
 
     def shard_files(self, stage: str, table: str) -> list[Path]:
         """Finished shard files of one table, in shard order."""

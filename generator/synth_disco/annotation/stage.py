@@ -500,7 +500,7 @@ def _finish(
 ) -> None:
     records = _replay(store, shard, tasks)
     rows = [annotation_row(t, records[t.id], model_name) for t in tasks]
-    table = pa.Table.from_pylist(rows, schema=tables.ANNOTATIONS)
+    table = tables.from_rows(rows, tables.ANNOTATIONS)
     n_failed = sum(r["status"] != "ok" for r in rows)
     counts = {
         "annotations": len(rows),

@@ -103,7 +103,7 @@ def comments_from_table(table: pa.Table) -> list[Comment]:
 
 def comments_table(comments: Sequence[Comment]) -> pa.Table:
     """The ``comments`` table (``tables.COMMENTS``) of these records."""
-    return pa.Table.from_pylist([c.to_dict() for c in comments], schema=tables.COMMENTS)
+    return tables.from_rows((c.to_dict() for c in comments), tables.COMMENTS)
 
 
 def annotated_roles(cfg: AnnotationConfig) -> set[str]:
