@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -81,26 +82,39 @@ def pack(
     trunk_width = max(off + len(t.trunk) for off, t in zip(offsets, threads, strict=True))
     width = max(t.branch_length - len(t.questions) for t in threads) + keep
     rows = len(threads)
-    trunk_ids = torch.full((rows, trunk_width), pad_id, dtype=torch.long)
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    positions = torch.zeros((rows, width), dtype=torch.long)
-    allowed = torch.zeros((rows, width, trunk_width + width), dtype=torch.bool)
-    own = torch.arange(width)
-    allowed[:, own, trunk_width + own] = True
+    # Built in numpy (many small index operations), converted once.
+    trunk_ids = np.full((rows, trunk_width), pad_id, dtype=np.int64)
+    ids = np.full((rows, width), pad_id, dtype=np.int64)
+    positions = np.zeros((rows, width), dtype=np.int64)
+    # Per slot: the trunk prefix it sees [start, stop), and the question it belongs to.
+    see_from = np.zeros((rows, width), dtype=np.int64)
+    see_to = np.zeros((rows, width), dtype=np.int64)
+    group = np.full((rows, width), -1, dtype=np.int64)
+    order = np.zeros((rows, width), dtype=np.int64)  # token index within its question
     for r, (off, t) in enumerate(zip(offsets, threads, strict=True)):
-        trunk_ids[r, off : off + len(t.trunk)] = torch.tensor(t.trunk, dtype=torch.long)
+        trunk_ids[r, off : off + len(t.trunk)] = t.trunk
         body = 0
         for q, tokens in enumerate(t.questions):
-            end = t.ends[t.after[q]]
-            k = len(tokens)
-            slots = torch.cat([torch.arange(body, body + k - 1), torch.tensor([width - keep + q])])
-            ids[r, slots] = torch.tensor(tokens, dtype=torch.long)
-            positions[r, slots] = torch.arange(end, end + k)
-            allowed[r, slots, off : off + end] = True
-            # Each question token sees the question's earlier tokens and itself.
-            allowed[r, slots[:, None], trunk_width + slots[None, :]] = torch.ones(
-                (k, k), dtype=torch.bool
-            ).tril()
+            end, k = t.ends[t.after[q]], len(tokens)
+            slots = np.append(np.arange(body, body + k - 1), width - keep + q)
+            ids[r, slots] = tokens
+            positions[r, slots] = np.arange(end, end + k)
+            see_from[r, slots], see_to[r, slots] = off, off + end
+            group[r, slots] = q
+            order[r, slots] = np.arange(k)
             body += k - 1
+    col = np.arange(trunk_width)
+    sees_trunk = (col >= see_from[:, :, None]) & (col < see_to[:, :, None])
+    # A question token sees its question's tokens up to itself; a padding slot only itself.
+    same = (group[:, :, None] == group[:, None, :]) & (group[:, :, None] >= 0)
+    sees_branch = same & (order[:, None, :] <= order[:, :, None])
+    sees_branch |= np.eye(width, dtype=bool)[None]
+    allowed = torch.from_numpy(np.concatenate([sees_trunk, sees_branch], axis=2))
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    return Packed(trunk_ids, ids, positions, mask[:, None], keep)
+    return Packed(
+        torch.from_numpy(trunk_ids),
+        torch.from_numpy(ids),
+        torch.from_numpy(positions),
+        mask[:, None],
+        keep,
+    )
