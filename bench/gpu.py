@@ -15,7 +15,9 @@ Measured, all on the same loaded ``TransformersEngine``:
 3. (b) the engine's ceiling: the exact request batches of run 1 (same prompts, lengths and
    batch sizes) replayed through ``engine.generate`` with no discussion logic, and the raw
    ``model.generate`` ceiling on unpadded random prompts of the same shapes;
-4. annotation of every generated comment (2 annotators, 1 dimension, ``score`` method).
+4. annotation of every generated comment (2 annotators, 1 dimension, ``score`` method), once
+   per annotation layout: ``window`` (a prompt per label) and ``thread`` (a packed pass per
+   discussion and annotator).
 
 ``--tiny`` runs the same code on the CPU with a tiny configuration and small counts, so that
 the script is exercised everywhere (tests run it).
@@ -274,16 +276,20 @@ def raw_ceiling(engine: Any, shapes: list[tuple[int, int]], new_tokens: int, see
             )
 
 
-def annotate(store: Any, engine: Any, seed: int) -> int:
-    """Score every comment (OP included) by 2 annotators on 1 dimension; returns labels."""
+def annotate(store: Any, engine: Any, seed: int, layout: str) -> int:
+    """Score every comment (OP included) by 2 annotators on 1 dimension; returns labels.
+
+    The labels go to a store of their own under ``store``'s directory (one per layout)."""
     from synth_disco.annotation.stage import run_annotation_stage
     from synth_disco.recipe import AnnotationConfig
     from synth_disco.records import Persona
+    from synth_disco.store import RunStore
 
     cfg = AnnotationConfig.model_validate(
         {
             "annotators": {"pool": "annotators", "per_comment": "all"},
-            "context_window": 2,
+            **({"context_window": 2} if layout == "window" else {}),
+            "layout": layout,
             "method": "score",
             "include_seed": True,
             "dimensions": {
@@ -298,8 +304,9 @@ def annotate(store: Any, engine: Any, seed: int) -> int:
         Persona(id="a0", name="Annotator1", description=persona_text({"age": "34"})),
         Persona(id="a1", name="Annotator2", description=persona_text({"age": "58"})),
     ]
+    labels_store = RunStore(store.root / f"annotate-{layout}")
     result = run_annotation_stage(
-        store,
+        labels_store,
         lambda shard: store.read_shard("discuss", shard, "comments"),
         [0],
         cfg,
@@ -311,7 +318,7 @@ def annotate(store: Any, engine: Any, seed: int) -> int:
     )
     if result.failed:
         raise RuntimeError(f"{result.failed} labels failed")
-    return store.read_shard("annotate", 0, "annotations").num_rows
+    return labels_store.read_shard("annotate", 0, "annotations").num_rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -458,14 +465,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "gpu_peak_gib": peak_gib(device),
         }
 
-        if not args.skip_annotation:
+        for layout in () if args.skip_annotation else ("window", "thread"):
             engine.close()
             engine = fresh_engine()
             reset_peak(device)
             with Timer() as t:
-                labels = annotate(store, engine, w.seed)
+                labels = annotate(store, engine, w.seed, layout)
                 sync(device)
-            results["annotation"] = {
+            results[f"annotation-{layout}"] = {
                 "seconds": t.seconds,
                 "labels": labels,
                 "gpu_peak_gib": peak_gib(device),
@@ -517,11 +524,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ratio(rate, ceiling_rate),
         ],
     ]
-    if "annotation" in results:
-        a = results["annotation"]
+    for layout in ("window", "thread"):
+        if f"annotation-{layout}" not in results:
+            continue
+        a = results[f"annotation-{layout}"]
         table.append(
             [
-                "annotation, score method (labels)",
+                f"annotation, score method, layout {layout} (labels)",
                 a["labels"],
                 a["seconds"],
                 a["labels"] / a["seconds"],

@@ -67,8 +67,9 @@ def test_gpu_benchmark_tiny_runs_every_comparison_on_cpu(tmp_path: Path) -> None
     assert labels[1].startswith("(a) one request at a time")
     assert labels[2].startswith("(b) engine ceiling")
     assert labels[3].startswith("(b') model.generate ceiling")
-    assert labels[4].startswith("annotation, score method")
+    assert labels[4].startswith("annotation, score method, layout window")
+    assert labels[5].startswith("annotation, score method, layout thread")
     assert rows[0][1] == "8" and rows[2][1] == "8"  # replay covers exactly the runner's batches
-    assert rows[4][1] == "24"  # (OP + 2 comments) x 4 discussions x 2 annotators
+    assert rows[4][1] == rows[5][1] == "24"  # (OP + 2 comments) x 4 discussions x 2 annotators
     assert "(forced: yes)" in out
     assert "vs one at a time:" in out and "of the engine ceiling:" in out
