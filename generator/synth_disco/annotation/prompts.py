@@ -39,7 +39,32 @@ SYSTEM_TEMPLATE = """{{ base }}
 {{ instructions }}
 {%- endif %}"""
 
-USER_TEMPLATE = """\
+# Pieces both layouts share, so that they word the task the same way.
+DIMENSION_BLOCK = """\
+Dimension: {{ dimension.name }}
+{%- if dimension.instructions %}
+{{ dimension.instructions }}
+{%- endif %}
+{% if dimension.level == "ordinal" %}Labels (an ordered scale, lowest first):{% else %}Labels:{% endif %}
+{%- for l in dimension.labels %}
+- {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
+{%- endfor %}
+"""
+
+ANNOTATOR_LINE = """\
+You are the annotator {{ annotator.name }}.\
+{% if annotator.description %} {{ annotator.description }}{% endif %}
+"""
+
+ANSWER_RULE = """\
+{% if method == "generate" and rationale -%}
+Answer with exactly one label from the list on the first line, then one or two sentences on why.
+{%- else -%}
+Answer with exactly one label from the list and nothing else.
+{%- endif %}"""
+
+USER_TEMPLATE = (
+    """\
 {% if context -%}
 Earlier comments in the discussion (context only, do not annotate these):
 {% for c in context %}
@@ -54,43 +79,24 @@ No earlier comments are shown.
 {{ target.text }}
 >>>>> END OF TARGET COMMENT <<<<<
 
-Dimension: {{ dimension.name }}
-{%- if dimension.instructions %}
-{{ dimension.instructions }}
-{%- endif %}
-{% if dimension.level == "ordinal" %}Labels (an ordered scale, lowest first):{% else %}Labels:{% endif %}
-{%- for l in dimension.labels %}
-- {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
-{%- endfor %}
+"""
+    + DIMENSION_BLOCK
+    + "\n"
+    + ANNOTATOR_LINE
+    + ANSWER_RULE
+)
 
-You are the annotator {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
-{% if method == "generate" and rationale -%}
-Answer with exactly one label from the list on the first line, then one or two sentences on why.
-{%- else -%}
-Answer with exactly one label from the list and nothing else.
-{%- endif %}"""
-
-THREAD_HEAD_TEMPLATE = """\
-Dimension: {{ dimension.name }}
-{%- if dimension.instructions %}
-{{ dimension.instructions }}
-{%- endif %}
-{% if dimension.level == "ordinal" %}Labels (an ordered scale, lowest first):{% else %}Labels:{% endif %}
-{%- for l in dimension.labels %}
-- {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
-{%- endfor %}
-
-You are the annotator {{ annotator.name }}.{% if annotator.description %} {{ annotator.description }}{% endif %}
-
+THREAD_HEAD_TEMPLATE = (
+    DIMENSION_BLOCK
+    + "\n"
+    + ANNOTATOR_LINE
+    + """
 Below is a discussion, oldest comment first. At the end you are asked about its last comment: \
 judge only that comment, using the earlier ones to understand it. \
-{% if method == "generate" and rationale -%}
-Answer with exactly one label from the list on the first line, then one or two sentences on why.
-{%- else -%}
-Answer with exactly one label from the list and nothing else.
-{%- endif %}
-
 """
+    + ANSWER_RULE
+    + "\n\n"
+)
 
 THREAD_SEGMENT_TEMPLATE = """\
 [{{ c.position }}] {{ c.author }}{{ c.role_note }}:
