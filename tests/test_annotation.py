@@ -346,6 +346,19 @@ def test_parse_answer_keeps_rationale():
 # ------------------------------------------------------------------------------- methods
 
 
+def test_thread_layout_generate_method_asks_each_label_on_its_thread_prompt(tmp_path):
+    cfg = make_cfg(layout="thread", method="generate")
+    engine = FakeEngine()
+    store, result = run(tmp_path, cfg, engine, shard_tables(make_comments(2, 4)))
+    assert len(all_rows(store)) == 2 * 3 * 3 * 2  # (stance answers fail to parse: no matter)
+    prompts = PromptBuilder(cfg)
+    tasks = {t.id: t for t in build_tasks(make_comments(2, 4), cfg, ANNOTATORS, 11)}
+    for req in (r for call in engine.calls for r in call):
+        task = tasks[req.id]
+        assert req.messages == prompts.messages(task)
+        assert req.messages[1]["content"].endswith(prompts.thread_question(task))
+
+
 def test_score_method_gives_normalised_distributions_with_argmax_label(tmp_path):
     class Unnormalised(FakeEngine):
         def score(self, requests):  # an engine's rounding must not leak into the rows
