@@ -39,7 +39,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ from synth_disco.engines.base import (
     LabelScores,
     SamplingParams,
     ScoreRequest,
+    ThreadQuestion,
     ThreadScoreRequest,
     score_threads_by_prompts,
 )
@@ -90,6 +91,16 @@ class _GenItem:
     index: int
     request: ChatRequest
     ids: list[int]
+
+
+@dataclass
+class _ThreadItem:
+    """The packable questions of one thread request: the packed tokens, and per question its
+    result slot and its labels' first tokens."""
+
+    thread: PackedThread
+    slots: list[int] = field(default_factory=list)
+    firsts: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -873,25 +884,25 @@ class TransformersEngine:
         the first call) are scored one prompt at a time instead.
         """
         self._check_open()
-        slots: list[tuple[int, int]] = [
-            (i, q) for i, req in enumerate(requests) for q in range(len(req.questions))
-        ]
+        slots = [(i, q) for i, req in enumerate(requests) for q in range(len(req.questions))]
         index = {slot: n for n, slot in enumerate(slots)}
         results: list[LabelScores | None] = [None] * len(slots)
-        plain: list[tuple[int, int]] = []
-        items: list[tuple[PackedThread, list[tuple[int, list[int]]]]] = []
-        all_pieces = (
+        plain: list[tuple[int, int]] = []  # (request, question) scored one prompt each
+        items: list[_ThreadItem] = []
+        pieces = (
             self._thread_pieces(requests)
             if self._packed_ok is not False
             else [None] * len(requests)
         )
-        for i, (req, pieces) in enumerate(zip(requests, all_pieces, strict=True)):
-            if pieces is None:
+        for i, (req, piece) in enumerate(zip(requests, pieces, strict=True)):
+            if piece is None:
                 plain.extend((i, q) for q in range(len(req.questions)))
                 continue
-            head, segments, questions = pieces
+            head, segments, questions = piece
             ends = list(itertools.accumulate((len(s) for s in segments), initial=len(head)))[1:]
-            kept: list[tuple[int, list[int]]] = []  # (question, label first tokens)
+            item = _ThreadItem(
+                PackedThread([t for p in (head, *segments) for t in p], ends, [], [])
+            )
             for q, (question, tokens) in enumerate(zip(req.questions, questions, strict=True)):
                 firsts = [self._label_ids(lab)[:1] for lab in question.labels]
                 view = ends[question.after] + len(tokens) if 0 <= question.after < len(ends) else 0
@@ -906,63 +917,46 @@ class TransformersEngine:
                         f"prompt of {view} tokens exceeds the model context of {self.max_context}",
                     )
                 else:
-                    kept.append((q, [f[0] for f in firsts]))
-            if kept:
-                thread = PackedThread(
-                    trunk=[t for piece in (head, *segments) for t in piece],
-                    ends=ends,
-                    questions=[questions[q] for q, _ in kept],
-                    after=[req.questions[q].after for q, _ in kept],
-                )
-                items.append((thread, [(index[i, q], firsts) for q, firsts in kept]))
+                    item.thread.questions.append(tokens)
+                    item.thread.after.append(question.after)
+                    item.slots.append(index[i, q])
+                    item.firsts.append([f[0] for f in firsts])
+            if item.slots:
+                items.append(item)
         if items and self._packed_ok is None:
-            self._packed_ok = self._check_packed(items[0][0], items[0][1][-1][1])
+            self._packed_ok = self._check_packed(items[0].thread, items[0].firsts[-1])
             if not self._packed_ok:
-                plain.extend(slots[n] for _, qs in items for n, _ in qs)
+                plain.extend(slots[n] for item in items for n in item.slots)
                 items = []
 
-        def run(batch: list[tuple[PackedThread, list[tuple[int, list[int]]]]]) -> None:
-            logits = self._packed_logits([t for t, _ in batch])
-            for row, (thread, questions) in enumerate(batch):
-                for j, (n, firsts) in enumerate(questions):
+        def question(n: int) -> ThreadQuestion:
+            i, q = slots[n]
+            return requests[i].questions[q]
+
+        def run(batch: list[_ThreadItem]) -> None:
+            logits = self._packed_logits([item.thread for item in batch])
+            for row, item in enumerate(batch):
+                for j, (n, firsts) in enumerate(zip(item.slots, item.firsts, strict=True)):
                     probs = logits[row, j, firsts].softmax(dim=0).tolist()
-                    i, q = slots[n]
-                    labels = requests[i].questions[q].labels
+                    labels = question(n).labels
                     best = max(range(len(probs)), key=probs.__getitem__)
                     results[n] = LabelScores(
-                        requests[i].questions[q].id,
-                        tuple(probs),
-                        labels[best],
-                        thread.view_length(j),
+                        question(n).id, tuple(probs), labels[best], item.thread.view_length(j)
                     )
 
-        def fail(
-            item: tuple[PackedThread, list[tuple[int, list[int]]]], exc: BaseException
-        ) -> None:
-            thread, questions = item
-            for j, (n, _) in enumerate(questions):
-                i, q = slots[n]
-                results[n] = _error_scores(
-                    requests[i].questions[q].id, thread.view_length(j), _short(exc)
-                )
+        def fail(item: _ThreadItem, exc: BaseException) -> None:
+            for j, n in enumerate(item.slots):
+                results[n] = _error_scores(question(n).id, item.thread.view_length(j), _short(exc))
 
-        def padded(batch: list[tuple[PackedThread, Any]]) -> int:
-            return len(batch) * max(t.cost for t, _ in batch)
+        def padded(batch: list[_ThreadItem]) -> int:
+            return len(batch) * max(item.thread.cost for item in batch)
 
-        items.sort(key=lambda it: it[0].cost)
+        items.sort(key=lambda item: item.thread.cost)
         for batch in self._thread_batches(items):
             self._run_halving(batch, run, fail, padded)
         if plain:
-            sub = [
-                ThreadScoreRequest(
-                    requests[i].system,
-                    requests[i].head,
-                    requests[i].segments,
-                    (requests[i].questions[q],),
-                )
-                for i, q in plain
-            ]
-            for (i, q), res in zip(plain, score_threads_by_prompts(self, sub), strict=True):
+            alone = [replace(requests[i], questions=(requests[i].questions[q],)) for i, q in plain]
+            for (i, q), res in zip(plain, score_threads_by_prompts(self, alone), strict=True):
                 results[index[i, q]] = res
         return _all_done(results)
 
@@ -1019,9 +1013,7 @@ class TransformersEngine:
             self._template_parts[system] = parts
         return parts
 
-    def _thread_batches(
-        self, items: list[tuple[PackedThread, Any]]
-    ) -> Iterator[list[tuple[PackedThread, Any]]]:
+    def _thread_batches(self, items: list[_ThreadItem]) -> Iterator[list[_ThreadItem]]:
         """Cut cost-sorted packed threads into batches: rows, padded tokens and the second
         pass's attention mask (rows x branch slots x all slots) within their limits."""
         caps = [c for c in (self.max_batch_tokens, self._oom_token_cap) if c]
@@ -1032,12 +1024,12 @@ class TransformersEngine:
             mask_cap = _THREAD_MASK_BYTES
         token_cap = min(caps) if caps else None
         size = torch.finfo(self.model.dtype).bits // 8
-        batch: list[tuple[PackedThread, Any]] = []
+        batch: list[_ThreadItem] = []
         for item in items:
-            t = item[0]
+            t = item.thread
             rows = len(batch) + 1
-            branch = max(x.branch_length for x, _ in (*batch, item))
-            trunk = max(len(x.trunk) for x, _ in (*batch, item))
+            branch = max(x.thread.branch_length for x in (*batch, item))
+            trunk = max(len(x.thread.trunk) for x in (*batch, item))
             if batch and (
                 rows > self.max_batch_size
                 or (token_cap is not None and rows * t.cost > token_cap)
