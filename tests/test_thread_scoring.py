@@ -128,3 +128,13 @@ def test_a_model_that_ignores_the_mask_is_detected_and_scored_plainly(
     assert engine._packed_ok is False
     for g, p in zip(got, score_threads_by_prompts(engine, reqs), strict=True):
         assert g.probs == pytest.approx(p.probs, abs=1e-6)
+
+
+def test_bfloat16_packed_scores_stay_close_to_plain_ones(tiny_path: Path) -> None:
+    # What a GPU run uses: the additive mask in bfloat16, the self-check's wider tolerance.
+    engine = TransformersEngine(str(tiny_path), dtype="bfloat16", device="cpu", model_id="tiny")
+    reqs = [thread(k, 2 + k % 5) for k in range(6)]
+    got = engine.score_threads(reqs)
+    assert engine._packed_ok is True
+    for g, p in zip(got, score_threads_by_prompts(engine, reqs), strict=True):
+        assert g.probs == pytest.approx(p.probs, abs=1e-2)
