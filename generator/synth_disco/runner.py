@@ -85,6 +85,9 @@ class DiscussionRunner:
         result = StageResult()
         todo: deque[int] = deque()
         total = 0
+        # Which shards need work, and how many discussions they hold. _open_shard builds the
+        # specs again rather than keeping these: holding every pending shard's specs at once
+        # would cost memory in proportion to the whole plan, for a few milliseconds a shard.
         for shard in shards:
             specs = self.specs_for_shard(shard)
             members = [s.discussion_id for s in specs]
