@@ -479,3 +479,15 @@ def test_load_engine_tiny_from_config(tiny_path: Path, monkeypatch: pytest.Monke
     eng.close()
     with pytest.raises(RuntimeError):
         eng.generate([request(0)])
+
+
+def test_engine_freezes_its_startup_heap_until_closed(tiny_path: Path) -> None:
+    import gc
+
+    gc.unfreeze()
+    engine = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    # The model and library objects sit outside the collector's generations while it runs...
+    assert gc.get_freeze_count() > 1000
+    engine.close()
+    # ...and go back to them when the engine is closed.
+    assert gc.get_freeze_count() == 0
