@@ -338,6 +338,7 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
         "label_failures": ann.failed,
         "annotated_comments": comments.num_rows,
         "annotation_tokens": 0,
+        "annotation_layout": spec["annotation_layout"],
         "rss_loaded_mb": rss_loaded,
         "rss_discussed_mb": rss_discussed,
         "peak_rss_mb": peak_rss_mb(),
@@ -429,7 +430,9 @@ def summarise(w: Workload, runs: dict[str, list[dict[str, Any]]]) -> list[list[A
                     rs[-1]["annotated_comments"] / secs,
                     rate,
                     rs[-1]["annotation_tokens"] / secs,
-                    "generate" if system == "SynDisco" else "score",
+                    "generate"
+                    if system == "SynDisco"
+                    else f"score, {rs[-1].get('annotation_layout', 'window')}",
                 ]
             rates[(stage, system)] = rate
             row += [rss, secs, median([r["startup_s"] for r in rs])]
