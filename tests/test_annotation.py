@@ -891,3 +891,32 @@ class CrashingWrapper:
         if self.n >= self.crash_after:
             raise SimulatedCrash()
         return self.engine.score(requests)
+
+
+def test_thread_layout_sends_threads_too_long_for_the_model_alone_and_trimmed(
+    tmp_path, tiny_engine, monkeypatch
+):
+    monkeypatch.setattr(tiny_engine, "_max_context", 1600)
+    packed, alone = [], []
+    real_threads, real_score = tiny_engine.score_threads, tiny_engine.score
+    monkeypatch.setattr(
+        tiny_engine,
+        "score_threads",
+        lambda reqs: packed.extend(q.id for r in reqs for q in r.questions) or real_threads(reqs),
+    )
+    monkeypatch.setattr(
+        tiny_engine, "score", lambda reqs: alone.extend(r.id for r in reqs) or real_score(reqs)
+    )
+    comments = [
+        c if c.index < 2 else Comment(**{**c.to_dict(), "text": c.text + " x" * 150})
+        for c in make_comments(1, 5)
+    ]
+    cfg = make_cfg(layout="thread", dimensions={"toxicity": {"scale": [1, 2, 3]}})
+    store, result = run(tmp_path, cfg, tiny_engine, shard_tables(comments))
+    assert len(all_rows(store)) == 12 and result.failed == 0
+    # The early comments' threads fit and are packed; the later, longer ones go alone.
+    assert packed and alone and not set(packed) & set(alone)
+    position = {"d0-c1": 1, "d0-c2": 2, "d0-c3": 3, "d0-c4": 4}
+    assert max(position[i.split("|")[0]] for i in packed) < min(
+        position[i.split("|")[0]] for i in alone
+    )

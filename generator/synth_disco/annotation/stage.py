@@ -11,6 +11,7 @@ seed derived from (run seed, task id, attempt), so a resumed task repeats its te
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -171,36 +172,33 @@ class _Caller:
         oldest comments dropped (:meth:`messages`)."""
         p = self.prompts
         groups: dict[tuple[str, str, str], list[Task]] = {}
-        alone: list[Task] = []
-        budget = None if self.max_context is None else self.max_context - _SCORE_RESERVE
         for t in tasks:
-            if budget is not None:
-                parts = (p.system_text, p.thread_head(t), p.thread_question(t))
-                size = sum(len(x.encode()) for x in parts)
-                size += sum(len(p.thread_segment(c).encode()) for c in (*t.context, t.target))
-                if size + _CONTEXT_MARGIN > budget:
-                    alone.append(t)
-                    continue
-            key = (t.target.discussion_id, t.annotator.id, t.dimension)
-            groups.setdefault(key, []).append(t)
-        requests = []
+            groups.setdefault((t.target.discussion_id, t.annotator.id, t.dimension), []).append(t)
+        budget = None if self.max_context is None else self.max_context - _SCORE_RESERVE
+        requests: list[ThreadScoreRequest] = []
+        alone: list[Task] = []
         for group in groups.values():
             # Thread-layout contexts are every earlier comment, so each task's context is a
-            # prefix of the latest target's.
+            # prefix of the latest target's: one set of segments serves the whole group.
             last = max(group, key=lambda t: len(t.context))
-            requests.append(
-                ThreadScoreRequest(
-                    system=p.system_text,
-                    head=p.thread_head(last),
-                    segments=tuple(p.thread_segment(c) for c in (*last.context, last.target)),
-                    questions=tuple(
-                        ThreadQuestion(
-                            t.id, len(t.context), p.thread_question(t), p.labels(t.dimension)
-                        )
-                        for t in group
-                    ),
-                )
-            )
+            head = p.thread_head(last)
+            segments = tuple(p.thread_segment(c) for c in (*last.context, last.target))
+            # Bytes of each task's prompt up to its target (a bound on its tokens, as in
+            # messages()); a task over the budget goes alone, trimmed.
+            upto = list(itertools.accumulate(len(x.encode()) for x in segments))
+            fixed = len(p.system_text.encode()) + len(head.encode()) + _CONTEXT_MARGIN
+            questions = []
+            for t in group:
+                text = p.thread_question(t)
+                size = fixed + upto[len(t.context)] + len(text.encode())
+                if budget is not None and size > budget:
+                    alone.append(t)
+                else:
+                    questions.append(
+                        ThreadQuestion(t.id, len(t.context), text, p.labels(t.dimension))
+                    )
+            if questions:
+                requests.append(ThreadScoreRequest(p.system_text, head, segments, tuple(questions)))
         scores = self.engine.score_threads(requests) if requests else []
         if alone:
             sreqs = [
