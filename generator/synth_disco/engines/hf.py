@@ -428,10 +428,15 @@ class TransformersEngine:
 
     # ---------------------------------------------------------------- batching
 
+    def _token_cap(self, *more: int) -> int | None:
+        """Padded tokens a batch may hold: the configured budget, the one learned from
+        out-of-memory failures and ``more``, whichever is smallest (None: unbounded)."""
+        caps = [c for c in (self.max_batch_tokens, self._oom_token_cap, *more) if c]
+        return min(caps) if caps else None
+
     def _chunks(self, items: list[_T], length: Callable[[_T], int]) -> Iterator[list[_T]]:
         """Cut length-sorted ``items`` into batches within the row and padded-token limits."""
-        caps = [c for c in (self.max_batch_tokens, self._oom_token_cap) if c]
-        token_cap = min(caps) if caps else None
+        token_cap = self._token_cap()
         batch: list[_T] = []
         for item in items:
             longest = length(item)  # items ascend, so the newest is the longest
@@ -1016,13 +1021,11 @@ class TransformersEngine:
     def _thread_batches(self, items: list[_ThreadItem]) -> Iterator[list[_ThreadItem]]:
         """Cut cost-sorted packed threads into batches: rows, padded tokens and the second
         pass's attention mask (rows x branch slots x all slots) within their limits."""
-        caps = [c for c in (self.max_batch_tokens, self._oom_token_cap) if c]
         if self._prefill_limits is not None:
-            caps.append(self._prefill_limits[0])
+            token_cap = self._token_cap(self._prefill_limits[0])
             mask_cap = self._prefill_limits[1]
         else:
-            mask_cap = _THREAD_MASK_BYTES
-        token_cap = min(caps) if caps else None
+            token_cap, mask_cap = self._token_cap(), _THREAD_MASK_BYTES
         size = torch.finfo(self.model.dtype).bits // 8
         batch: list[_ThreadItem] = []
         for item in items:
