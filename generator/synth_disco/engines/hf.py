@@ -39,7 +39,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,8 +99,8 @@ class _ThreadItem:
     result slot and its labels' first tokens."""
 
     thread: PackedThread
-    slots: list[int] = field(default_factory=list)
-    firsts: list[list[int]] = field(default_factory=list)
+    slots: list[int]
+    firsts: list[list[int]]
 
 
 @dataclass
@@ -905,9 +905,10 @@ class TransformersEngine:
                 continue
             head, segments, questions = piece
             ends = list(itertools.accumulate((len(s) for s in segments), initial=len(head)))[1:]
-            item = _ThreadItem(
-                PackedThread([t for p in (head, *segments) for t in p], ends, [], [])
-            )
+            kept_tokens: list[list[int]] = []
+            kept_after: list[int] = []
+            kept_slots: list[int] = []
+            kept_firsts: list[list[int]] = []
             for q, (question, tokens) in enumerate(zip(req.questions, questions, strict=True)):
                 firsts = [self._label_ids(lab)[:1] for lab in question.labels]
                 view = ends[question.after] + len(tokens) if 0 <= question.after < len(ends) else 0
@@ -922,12 +923,14 @@ class TransformersEngine:
                         f"prompt of {view} tokens exceeds the model context of {self.max_context}",
                     )
                 else:
-                    item.thread.questions.append(tokens)
-                    item.thread.after.append(question.after)
-                    item.slots.append(index[i, q])
-                    item.firsts.append([f[0] for f in firsts])
-            if item.slots:
-                items.append(item)
+                    kept_tokens.append(tokens)
+                    kept_after.append(question.after)
+                    kept_slots.append(index[i, q])
+                    kept_firsts.append([f[0] for f in firsts])
+            if kept_slots:
+                trunk = [t for part in (head, *segments) for t in part]
+                thread = PackedThread(trunk, ends, kept_tokens, kept_after)
+                items.append(_ThreadItem(thread, kept_slots, kept_firsts))
         if items and self._packed_ok is None:
             self._packed_ok = self._check_packed(items[0].thread, items[0].firsts[-1])
             if not self._packed_ok:
