@@ -78,8 +78,9 @@ ANNOTATORS = [
     {"name": "Annotator1", "persona": {"age": "34", "occupation": "content moderator"}},
     {"name": "Annotator2", "persona": {"age": "58", "occupation": "retired teacher"}},
 ]
-# Earlier comments shown to an annotator besides the target. SynDisco's history length counts
-# the target itself, so it gets this + 1.
+# Earlier comments shown to an annotator besides the target in synth-disco's ``window`` layout.
+# SynDisco's history length counts the target itself, so it gets this + 1. In the ``thread``
+# layout an annotator sees every earlier comment, and so does SynDisco's (see child_spec).
 ANNOTATION_CONTEXT = 2
 
 
@@ -359,12 +360,20 @@ def child_spec(w: Workload, args: argparse.Namespace, model_path: Path) -> dict[
         "instructions": INSTRUCTIONS,
         "annotators": ANNOTATORS,
         "annotation_instructions": DIMENSION_TEXT,
-        "annotation_history": ANNOTATION_CONTEXT + 1,
+        "annotation_history": annotation_history(w, args.annotation_layout),
         "annotation_tokens": args.annotation_tokens,
         "annotation_layout": args.annotation_layout,
         "max_concurrent": args.max_concurrent,
         "max_batch_size": args.max_batch_size,
     }
+
+
+def annotation_history(w: Workload, layout: str) -> int:
+    """SynDisco's ``history_ctx_len`` (comments shown, the target included) that shows its
+    annotator what synth-disco's layout shows: the target and the last ``ANNOTATION_CONTEXT``
+    comments (``window``), or the whole discussion up to the target (``thread``: the OP and
+    every turn fit)."""
+    return ANNOTATION_CONTEXT + 1 if layout == "window" else w.turns + 1
 
 
 def system_label(max_batch_tokens: int | None) -> str:
@@ -550,7 +559,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name}: {w.discussions} discussions x {w.participants} participants x {w.turns} "
             f"turns x {w.new_tokens} tokens, context window {w.context_window}; annotation: "
-            f"{len(ANNOTATORS)} annotators x 1 dimension x every comment incl. the OP"
+            f"{len(ANNOTATORS)} annotators x 1 dimension x every comment incl. the OP, "
+            f"layout {args.annotation_layout} (SynDisco history_ctx_len "
+            f"{annotation_history(w, args.annotation_layout)})"
         )
     print()
     print(markdown_table(HEADERS, rows))

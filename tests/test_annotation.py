@@ -221,6 +221,17 @@ def test_prompt_shows_context_then_marked_target_then_labels():
     assert system == other
 
 
+def test_label_lists_are_inline_unless_a_label_is_described():
+    comments = make_comments(1, 2)
+    cfg = make_cfg()
+    prompts = PromptBuilder(cfg)
+    by_dim = {t.dimension: t for t in build_tasks(comments, cfg, ANNOTATORS, 1)}
+    described = prompts.messages(by_dim["toxicity"])[1]["content"]
+    plain = prompts.messages(by_dim["stance"])[1]["content"]
+    assert "- 1: not toxic\n- 2\n" in described and "- 5: very toxic" in described
+    assert "Labels: agree, disagree, neutral\n" in plain and "- agree" not in plain
+
+
 def test_thread_layout_shows_the_whole_discussion_then_asks_about_its_last_comment():
     comments = make_comments(2, 5)
     cfg = make_cfg(layout="thread")
@@ -236,7 +247,8 @@ def test_thread_layout_shows_the_whole_discussion_then_asks_about_its_last_comme
     # the one-line question naming the target comes last.
     assert text.index("- 1: not toxic") < text.index(task.annotator.name) < at[0]
     assert text.endswith(prompts.thread_question(task))
-    assert "[5]" in prompts.thread_question(task) and text.count(">>>>>") == 1
+    question = prompts.thread_question(task)
+    assert "[5]" in question and text.count(question) == 1 and "\n" not in question
     # Each label's prompt extends the previous comment's by exactly one segment.
     earlier = next(t for t in tasks if t.id == task.id.replace("d1-c4", "d1-c2"))
     head = prompts.messages(earlier)[1]["content"].removesuffix(prompts.thread_question(earlier))

@@ -33,6 +33,11 @@ BASE_INSTRUCTIONS = (
     "offered."
 )
 
+# The thread layout says how to read the discussion in its head, next to the discussion.
+THREAD_BASE_INSTRUCTIONS = (
+    "You annotate comments from an online discussion for a research dataset."
+)
+
 SYSTEM_TEMPLATE = """{{ base }}
 {%- if instructions %}
 
@@ -46,9 +51,12 @@ Dimension: {{ dimension.name }}
 {{ dimension.instructions }}
 {%- endif %}
 {% if dimension.level == "ordinal" %}Labels (an ordered scale, lowest first):{% else %}Labels:{% endif %}
+{%- if dimension.described %}
 {%- for l in dimension.labels %}
 - {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
 {%- endfor %}
+{%- else %} {{ dimension.labels | map(attribute="label") | join(", ") }}
+{%- endif %}
 """
 
 ANNOTATOR_LINE = """\
@@ -88,11 +96,9 @@ No earlier comments are shown.
 
 THREAD_HEAD_TEMPLATE = (
     DIMENSION_BLOCK
-    + "\n"
     + ANNOTATOR_LINE
-    + """
-Below is a discussion, oldest comment first. At the end you are asked about its last comment: \
-judge only that comment, using the earlier ones to understand it. \
+    + """Below is a discussion, oldest comment first. Label only its last comment, \
+using the earlier ones to understand it. \
 """
     + ANSWER_RULE
     + "\n\n"
@@ -106,7 +112,7 @@ THREAD_SEGMENT_TEMPLATE = """\
 
 # Short on purpose: the one part of a thread-layout prompt that is not shared with other labels.
 THREAD_QUESTION_TEMPLATE = """\
->>>>> Your label for comment [{{ target.position }}] by {{ target.author }}:"""
+Your label for comment [{{ target.position }}]:"""
 
 ROLE_NOTES = {"op": " (original post)", "seed": "", "moderator": " (moderator)", "user": ""}
 
@@ -142,7 +148,7 @@ class PromptBuilder:
         self._segments: dict[tuple[Any, ...], str] = {}  # rendered thread segment per comment
         self._heads: dict[tuple[str, ...], str] = {}  # per (annotator, dimension)
         self.system_text = self._system.render(
-            base=BASE_INSTRUCTIONS,
+            base=THREAD_BASE_INSTRUCTIONS if cfg.layout == "thread" else BASE_INSTRUCTIONS,
             instructions=text_value(cfg.instructions, "annotation.instructions").strip(),
         ).strip()
         self._dimensions = {
@@ -161,6 +167,7 @@ class PromptBuilder:
                 {"label": label, "description": dim.descriptions.get(label, "")}
                 for label in dim.labels
             ],
+            "described": any(dim.descriptions.get(label) for label in dim.labels),
         }
 
     def labels(self, dimension: str) -> tuple[str, ...]:

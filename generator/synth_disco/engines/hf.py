@@ -77,8 +77,12 @@ _T = TypeVar("_T")
 
 # CPU bounds on one prefill forward pass (see TransformersEngine._prefill_groups): tokens, and
 # bytes of the float32 attention mask SDPA builds for a masked prefill. Chunks this size still
-# run at full speed on a CPU; on accelerators the batch is left whole.
+# run at full speed on a CPU; on accelerators the batch is left whole. The token bound is what
+# keeps activations small, so a narrow model gets more tokens (_cpu_prefill_limits): up to
+# _CPU_PREFILL_MAX_TOKENS, as many as fit _CPU_ACTIVATION_BYTES, never fewer than the floor.
 _CPU_PREFILL_LIMITS = (2048, 8 * 2**20)
+_CPU_ACTIVATION_BYTES = 32 * 2**20
+_CPU_PREFILL_MAX_TOKENS = 16384
 # Bytes of packed-thread attention masks (rows x slots x slots) per forward pass on an
 # accelerator; on a CPU the prefill mask bound above applies.
 _THREAD_MASK_BYTES = 512 * 2**20
@@ -293,7 +297,7 @@ class TransformersEngine:
         self._max_context = self._find_max_context()
         self._keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self._keep_one = {"logits_to_keep": 1} if self._keeps_logits else {}
-        self._prefill_limits = _CPU_PREFILL_LIMITS if self.device.type == "cpu" else None
+        self._prefill_limits = self._cpu_prefill_limits() if self.device.type == "cpu" else None
         # Right-padded prefill (see _prefill); switched off for good if the model rejects it.
         # A model that asks for its own cache type (static, hybrid...) cannot take ours.
         self._fast_prefill = getattr(gen_cfg, "cache_implementation", None) is None
@@ -303,6 +307,21 @@ class TransformersEngine:
         # about a fifth of a CPU run's time. Refcounting still frees them; close() undoes it.
         gc.collect()
         gc.freeze()
+
+    def _cpu_prefill_limits(self) -> tuple[int, int]:
+        """(tokens, mask bytes) of one CPU prefill pass. A token's activations in one layer
+        take about six hidden-size vectors and three MLP-width ones; a narrow model fits more
+        tokens in the same memory, and bigger passes cost less per token there (fewer calls,
+        each with the same fixed overhead)."""
+        text = self.model.config
+        if hasattr(text, "get_text_config"):
+            text = text.get_text_config()
+        hidden = getattr(text, "hidden_size", None) or 4096
+        mlp = getattr(text, "intermediate_size", None) or 4 * hidden
+        size = torch.finfo(self.model.dtype).bits // 8 if self.model.dtype.is_floating_point else 4
+        fits = _CPU_ACTIVATION_BYTES // ((6 * hidden + 3 * mlp) * size)
+        floor, mask_bytes = _CPU_PREFILL_LIMITS
+        return max(floor, min(_CPU_PREFILL_MAX_TOKENS, fits)), mask_bytes
 
     def _kv_bytes_per_token(self) -> int:
         """Bytes of key/value cache one token takes (all layers), from the model config."""
@@ -1048,27 +1067,11 @@ class TransformersEngine:
             yield batch
 
     def _packed_logits(self, threads: list[PackedThread]) -> torch.Tensor:
-        """Float32 logits of every question's last token: (rows, most questions, vocab).
-
-        The trunks go through :meth:`_prefill` when there is a prefix store, so the part a
-        trunk shares with an earlier one (the template head, the same for every discussion of
-        an annotator) is not recomputed; otherwise they run right-padded and causal.
-        """
+        """Float32 logits of every question's last token: (rows, most questions, vocab)."""
         dev = self.device
         with torch.inference_mode():
-            cache, offsets = None, None
-            if self._prefix is not None and self._fast_prefill:
-                # The last token of a _prefill item is left for the caller: a pad stands in.
-                items = [_GenItem(-1, None, [*t.trunk, self._pad_id]) for t in threads]  # type: ignore[arg-type]
-                width = max(len(it.ids) for it in items)
-                cache = self._prefill(items, width, keep=True)
-                offsets = [width - len(it.ids) for it in items]
-            packed = pack(threads, self._pad_id, self.model.dtype, offsets if cache else None)
-            if cache is None:
-                trunk = self.model(
-                    input_ids=packed.trunk_ids.to(dev), use_cache=True, **self._keep_one
-                )
-                cache = trunk.past_key_values
+            cache = self._trunk_cache(threads)
+            packed = pack(threads, self._pad_id, self.model.dtype)
             kwargs: dict[str, Any] = {"logits_to_keep": packed.keep} if self._keeps_logits else {}
             out = self.model(
                 input_ids=packed.ids.to(dev),
@@ -1079,6 +1082,45 @@ class TransformersEngine:
                 **kwargs,
             )
         return out.logits[:, -packed.keep :, :].float()
+
+    def _trunk_cache(self, threads: list[PackedThread]) -> Any:
+        """The first pass: key/value states of every trunk, each from slot 0, right-padded.
+
+        The rows start from the part of their trunk in the prefix store (the template head,
+        the same for every discussion of an annotator and dimension), cut to the shortest
+        such part in the batch so that the stored states line up without gaps. Causal
+        attention never lets a real token see the padding after it, so this pass needs no
+        attention mask at all. The trunks are then stored for the next batches.
+        """
+        dev = self.device
+        store = self._prefix if self._fast_prefill else None
+        hits = [store.lookup(t.trunk) for t in threads] if store is not None else []
+        # A whole trunk in the store still leaves one token to run.
+        common = min((min(c, len(t.trunk) - 1) for (c, _), t in zip(hits, threads)), default=0)
+        width = max(len(t.trunk) for t in threads) - common
+        ids = torch.full((len(threads), width), self._pad_id, dtype=torch.long)
+        for row, t in enumerate(threads):
+            ids[row, : len(t.trunk) - common] = torch.tensor(t.trunk[common:], dtype=torch.long)
+        kwargs: dict[str, Any] = {}
+        if common:
+            past = DynamicCache()
+            for layer in range(len(hits[0][1])):
+                past.update(
+                    torch.stack([kv[layer][0][:, :common] for _, kv in hits]),
+                    torch.stack([kv[layer][1][:, :common] for _, kv in hits]),
+                    layer,
+                )
+            kwargs["past_key_values"] = past
+        out = self.model(input_ids=ids.to(dev), use_cache=True, **kwargs, **self._keep_one)
+        cache = out.past_key_values
+        if store is not None:
+            for row, t in enumerate(threads):
+                n = len(t.trunk)
+                store.add(
+                    t.trunk,
+                    [(la.keys[row, :, :n].clone(), la.values[row, :, :n].clone()) for la in cache.layers],
+                )
+        return cache
 
     def _check_packed(self, thread: PackedThread, firsts: list[int]) -> bool:
         """Whether this model scores a packed thread as it scores the same prompt alone (a

@@ -4,9 +4,9 @@ A thread of ``n`` segments annotated comment by comment asks one question after 
 Scored one prompt at a time, segment ``j`` is recomputed by every later question. Packed, each
 token runs once:
 
-1. the trunk (template head and segments) runs as an ordinary causal sequence, unmasked, so
-   the fast causal attention kernels apply (rows are right-padded: causal attention never lets
-   a real token see the padding after it), and its key/value states are kept;
+1. the trunk (template head and segments) runs as an ordinary causal sequence, unmasked
+   (rows are right-padded: causal attention never lets a real token see the padding after
+   it), and its key/value states are kept, each row's from slot 0;
 2. every question is a branch on top of those states: it sees the trunk up to the end of its
    prefix and its own earlier tokens, and no other token sees it. An explicit attention mask
    and position ids make each branch compute exactly what it would as the tail of its own
@@ -58,53 +58,40 @@ class PackedThread:
 class Packed:
     """The tensors of both passes for a batch of threads (see the module doc)."""
 
-    trunk_ids: torch.Tensor  # (rows, trunk width), each trunk from its offset
     ids: torch.Tensor  # (rows, width): question tokens
     positions: torch.Tensor  # (rows, width)
     mask: torch.Tensor  # (rows, 1, width, trunk width + width), additive
     keep: int  # the last ``keep`` slots hold each question's last token, in order
 
 
-def pack(
-    threads: list[PackedThread],
-    pad_id: int,
-    dtype: torch.dtype,
-    offsets: list[int] | None = None,
-) -> Packed:
-    """Both passes' inputs for ``threads``. Padding slots see only themselves (a row with
-    nothing visible would make softmax produce NaN); their outputs are never read.
-
-    ``offsets`` are where each row's trunk starts in a first-pass cache computed elsewhere
-    (left-padded: the trunks end together); by default trunks start at slot 0.
-    """
+def pack(threads: list[PackedThread], pad_id: int, dtype: torch.dtype) -> Packed:
+    """The second pass's inputs for ``threads``, whose trunks fill a first-pass cache from
+    slot 0, right-padded. Padding slots see only themselves (a row with nothing visible
+    would make softmax produce NaN); their outputs are never read."""
     keep = max(len(t.questions) for t in threads)
-    offsets = offsets or [0] * len(threads)
-    trunk_width = max(off + len(t.trunk) for off, t in zip(offsets, threads, strict=True))
+    trunk_width = max(len(t.trunk) for t in threads)
     width = max(t.branch_length - len(t.questions) for t in threads) + keep
     rows = len(threads)
     # Built in numpy (many small index operations), converted once.
-    trunk_ids = np.full((rows, trunk_width), pad_id, dtype=np.int64)
     ids = np.full((rows, width), pad_id, dtype=np.int64)
     positions = np.zeros((rows, width), dtype=np.int64)
-    # Per slot: the trunk prefix it sees [start, stop), and the question it belongs to.
-    see_from = np.zeros((rows, width), dtype=np.int64)
+    # Per slot: how much of the trunk it sees, and the question it belongs to.
     see_to = np.zeros((rows, width), dtype=np.int64)
     group = np.full((rows, width), -1, dtype=np.int64)
     order = np.zeros((rows, width), dtype=np.int64)  # token index within its question
-    for r, (off, t) in enumerate(zip(offsets, threads, strict=True)):
-        trunk_ids[r, off : off + len(t.trunk)] = t.trunk
+    for r, t in enumerate(threads):
         body = 0
         for q, tokens in enumerate(t.questions):
             end, k = t.ends[t.after[q]], len(tokens)
             slots = np.append(np.arange(body, body + k - 1), width - keep + q)
             ids[r, slots] = tokens
             positions[r, slots] = np.arange(end, end + k)
-            see_from[r, slots], see_to[r, slots] = off, off + end
+            see_to[r, slots] = end
             group[r, slots] = q
             order[r, slots] = np.arange(k)
             body += k - 1
     col = np.arange(trunk_width)
-    sees_trunk = (col >= see_from[:, :, None]) & (col < see_to[:, :, None])
+    sees_trunk = col < see_to[:, :, None]
     # A question token sees its question's tokens up to itself; a padding slot only itself.
     same = (group[:, :, None] == group[:, None, :]) & (group[:, :, None] >= 0)
     sees_branch = same & (order[:, None, :] <= order[:, :, None])
@@ -112,7 +99,6 @@ def pack(
     allowed = torch.from_numpy(np.concatenate([sees_trunk, sees_branch], axis=2))
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return Packed(
-        torch.from_numpy(trunk_ids),
         torch.from_numpy(ids),
         torch.from_numpy(positions),
         mask[:, None],
