@@ -34,9 +34,7 @@ BASE_INSTRUCTIONS = (
 )
 
 # The thread layout says how to read the discussion in its head, next to the discussion.
-THREAD_BASE_INSTRUCTIONS = (
-    "You annotate comments from an online discussion for a research dataset."
-)
+THREAD_BASE_INSTRUCTIONS = "You annotate comments from an online discussion for a research dataset."
 
 SYSTEM_TEMPLATE = """{{ base }}
 {%- if instructions %}

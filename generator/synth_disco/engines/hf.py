@@ -1094,9 +1094,12 @@ class TransformersEngine:
         """
         dev = self.device
         store = self._prefix if self._fast_prefill else None
-        hits = [store.lookup(t.trunk) for t in threads] if store is not None else []
+        if store is None:
+            hits: list[tuple[int, Any]] = [(0, None)] * len(threads)
+        else:
+            hits = [store.lookup(t.trunk) for t in threads]
         # A whole trunk in the store still leaves one token to run.
-        common = min((min(c, len(t.trunk) - 1) for (c, _), t in zip(hits, threads)), default=0)
+        common = min(min(c, len(t.trunk) - 1) for (c, _), t in zip(hits, threads, strict=True))
         width = max(len(t.trunk) for t in threads) - common
         ids = torch.full((len(threads), width), self._pad_id, dtype=torch.long)
         for row, t in enumerate(threads):
@@ -1118,7 +1121,10 @@ class TransformersEngine:
                 n = len(t.trunk)
                 store.add(
                     t.trunk,
-                    [(la.keys[row, :, :n].clone(), la.values[row, :, :n].clone()) for la in cache.layers],
+                    [
+                        (la.keys[row, :, :n].clone(), la.values[row, :, :n].clone())
+                        for la in cache.layers
+                    ],
                 )
         return cache
 
