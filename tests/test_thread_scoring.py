@@ -138,3 +138,54 @@ def test_bfloat16_packed_scores_stay_close_to_plain_ones(tiny_path: Path) -> Non
     assert engine._packed_ok is True
     for g, p in zip(got, score_threads_by_prompts(engine, reqs), strict=True):
         assert g.probs == pytest.approx(p.probs, abs=1e-2)
+
+
+def test_sliding_window_models_score_long_views_plainly(
+    tiny_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The question pass brings its own mask, which knows no window: a view longer than a
+    # sliding-window layer's reach must be scored as a plain prompt, or it would see too far.
+    import shutil
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    window = 160
+    cfg = MistralConfig(
+        vocab_size=engine_of(tiny_path).model.config.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=window,
+        max_position_embeddings=4096,
+    )
+    MistralForCausalLM(cfg).save_pretrained(tmp_path)
+    for f in tiny_path.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, tmp_path / f.name)
+    engine = engine_of(tmp_path)
+    assert engine._window == window
+    packed_views: list[int] = []
+    real = engine._packed_logits
+
+    def recording(threads):
+        packed_views.extend(len(t.trunk) + t.branch_length for t in threads)
+        return real(threads)
+
+    monkeypatch.setattr(engine, "_packed_logits", recording)
+    reqs = [thread(k, n) for k in range(3) for n in (1, 2, 4)]  # ~100 to ~550 tokens
+    plain = score_threads_by_prompts(engine, reqs)
+    got = engine.score_threads(reqs)
+    assert engine._packed_ok is True and packed_views and max(packed_views) <= window
+    for g, p in zip(got, plain, strict=True):
+        assert g.label == p.label and g.probs == pytest.approx(p.probs, abs=1e-5)
+    # Without the guard the long threads would not come out as their plain prompts.
+    engine._window = None
+    unguarded = engine.score_threads(reqs)
+    assert max(packed_views) > window
+    assert any(
+        u.error or u.probs != pytest.approx(p.probs, abs=1e-5)
+        for u, p in zip(unguarded, plain, strict=True)
+    )

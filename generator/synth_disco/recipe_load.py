@@ -325,6 +325,7 @@ def sample_context(kind: str) -> dict[str, Any]:
                 "level": "ordinal",
                 "instructions": "1 = not toxic, 5 = very toxic.",
                 "labels": [{"label": str(i), "description": ""} for i in range(1, 6)],
+                "described": False,  # whether any label has a description
             },
             "method": "score",
             "rationale": False,

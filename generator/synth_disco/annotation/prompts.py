@@ -145,6 +145,7 @@ class PromptBuilder:
         self._question = env.from_string(THREAD_QUESTION_TEMPLATE)
         self._segments: dict[tuple[Any, ...], str] = {}  # rendered thread segment per comment
         self._heads: dict[tuple[str, ...], str] = {}  # per (annotator, dimension)
+        self._questions: dict[tuple[Any, ...], str] = {}  # per target position and author
         self.system_text = self._system.render(
             base=THREAD_BASE_INSTRUCTIONS if cfg.layout == "thread" else BASE_INSTRUCTIONS,
             instructions=text_value(cfg.instructions, "annotation.instructions").strip(),
@@ -217,7 +218,14 @@ class PromptBuilder:
         return text
 
     def thread_question(self, task: Task) -> str:
-        return self._question.render(target=_view(task.target))
+        t = task.target
+        key = (t.index, t.author, t.role)  # all a question may name; never the comment's text
+        text = self._questions.get(key)
+        if text is None:
+            text = self._question.render(target=_view(t))
+            if len(self._questions) < 10_000:
+                self._questions[key] = text
+        return text
 
 
 def _view(c: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ rebuilds exactly the task list it started with.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections.abc import Iterable, Sequence
@@ -41,10 +42,12 @@ class Task:
     annotator: Persona
     dimension: str
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """A short hash of what the annotator is shown, so that a journal record made for
-        other content (a discussion re-run upstream) is never reused for this task."""
+        other content (a discussion re-run upstream) is never reused for this task. Kept
+        once computed: the journal is replayed twice per shard, and a thread-layout task's
+        context is its whole discussion so far."""
         h = hashlib.sha256()
         for part in (
             self.id,

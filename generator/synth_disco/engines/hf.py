@@ -295,6 +295,7 @@ class TransformersEngine:
             tokenizer.pad_token = tokenizer.eos_token
         self._pad_id = int(pad or 0)
         self._max_context = self._find_max_context()
+        self._window = self._sliding_window()
         self._keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self._keep_one = {"logits_to_keep": 1} if self._keeps_logits else {}
         self._prefill_limits = self._cpu_prefill_limits() if self.device.type == "cpu" else None
@@ -334,6 +335,22 @@ class TransformersEngine:
         head_dim = getattr(text, "head_dim", None) or hidden // heads
         size = torch.finfo(self.model.dtype).bits // 8 if self.model.dtype.is_floating_point else 4
         return int(layers * kv_heads * head_dim * 2 * size)
+
+    def _sliding_window(self) -> int | None:
+        """The attention window of the model's sliding-window layers, if it has any. A packed
+        thread's question pass brings its own attention mask, which knows no window, so
+        threads longer than that are scored one prompt at a time."""
+        cfg = self.model.config
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        window = getattr(text, "sliding_window", None)
+        if not isinstance(window, int) or window <= 0:
+            return None
+        if getattr(text, "use_sliding_window", True) is False:
+            return None
+        types = getattr(text, "layer_types", None)
+        if types is not None and "sliding_attention" not in types:
+            return None
+        return window
 
     def _find_max_context(self) -> int:
         cfg = self.model.config
@@ -947,9 +964,15 @@ class TransformersEngine:
                     kept_slots.append(index[i, q])
                     kept_firsts.append([f[0] for f in firsts])
             if kept_slots:
-                trunk = [t for part in (head, *segments) for t in part]
+                # Segments after the last question asked are never read.
+                trunk = [t for part in (head, *segments) for t in part][: ends[max(kept_after)]]
                 thread = PackedThread(trunk, ends, kept_tokens, kept_after)
-                items.append(_ThreadItem(thread, kept_slots, kept_firsts))
+                if self._window is not None and thread.cost > self._window:
+                    # Past a sliding-window layer's reach the packed mask would see too far
+                    # (and the model's cache keeps only the window): one prompt per label.
+                    plain.extend(slots[n] for n in kept_slots)
+                else:
+                    items.append(_ThreadItem(thread, kept_slots, kept_firsts))
         if items and self._packed_ok is None:
             self._packed_ok = self._check_packed(items[0].thread, items[0].firsts[-1])
             if not self._packed_ok:
@@ -1059,6 +1082,7 @@ class TransformersEngine:
                 rows > self.max_batch_size
                 or (token_cap is not None and rows * t.cost > token_cap)
                 or rows * branch * (trunk + branch) * size > mask_cap
+                or (self._window is not None and trunk + branch > self._window)
             ):
                 yield batch
                 batch = []
