@@ -9,7 +9,10 @@ process under the same thread and allocator environment):
   tiny model whose generation config suppresses end-of-sequence (checked: each child reports
   how many tokens it really generated);
 - annotation: every comment (the OP included, as SynDisco annotates it), 2 annotators,
-  1 dimension (toxicity on a 1-5 scale), each side on the discussions it just generated.
+  1 dimension (toxicity on a 1-5 scale), each side on the discussions it just generated, each
+  annotator shown the same comments on both sides: the whole discussion up to the target
+  with synth-disco's ``thread`` layout (the default here), the last 2 comments and the target
+  with ``--annotation-layout window``.
   synth-disco uses its ``score`` method (one forward pass per label, batched); SynDisco
   generates its answer with ``max_out_tokens`` = ``--annotation-tokens`` (default 1, the
   least that can hold a 1-5 label: the most favourable setting for SynDisco).
@@ -21,6 +24,7 @@ is generated into ``bench/_work/`` and only calls SynDisco's public API.
 
     python bench/vs_syndisco.py                     # small and medium, median of 3
     python bench/vs_syndisco.py --workloads small --repeats 1
+    python bench/vs_syndisco.py --threads 1         # both sides on one core
 """
 
 from __future__ import annotations
@@ -470,7 +474,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default="small,medium", help="comma list: small, medium")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads, both sides")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch/OpenMP threads, the same for both sides (default: every CPU this process "
+        "may use, what torch itself would take)",
+    )
     ap.add_argument("--annotation-tokens", type=int, default=1)
     ap.add_argument(
         "--annotation-layout",

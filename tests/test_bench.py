@@ -73,3 +73,19 @@ def test_gpu_benchmark_tiny_runs_every_comparison_on_cpu(tmp_path: Path) -> None
     assert rows[4][1] == rows[5][1] == "24"  # (OP + 2 comments) x 4 discussions x 2 annotators
     assert "(forced: yes)" in out
     assert "vs one at a time:" in out and "of the engine ceiling:" in out
+
+
+def test_vs_syndisco_shows_both_annotators_the_same_comments(tmp_path: Path) -> None:
+    # SynDisco's history_ctx_len counts the target: the thread layout shows every comment of a
+    # discussion (the OP and each turn), the window layout 2 earlier ones and the target.
+    code = (
+        "import sys; sys.path.insert(0, 'bench'); import vs_syndisco as v; "
+        "w = v.WORKLOADS['medium']; "
+        "print(v.annotation_history(w, 'thread'), v.annotation_history(w, 'window'), w.turns)"
+    )
+    env = dict(os.environ, SYNTH_DISCO_BENCH_WORK=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    thread, window, turns = map(int, out)
+    assert thread == turns + 1 and window == 3
