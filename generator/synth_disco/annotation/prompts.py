@@ -17,7 +17,7 @@ Two layouts (``annotation.layout``), both with the shared instructions as the sy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jinja2 import StrictUndefined
@@ -196,36 +196,41 @@ class PromptBuilder:
 
     def thread_head(self, task: Task) -> str:
         key = (task.annotator.id, task.annotator.name, task.annotator.description, task.dimension)
-        text = self._heads.get(key)
-        if text is None:
-            text = self._head.render(
+        return _remembered(
+            self._heads,
+            key,
+            10_000,
+            lambda: self._head.render(
                 dimension=self._dimensions[task.dimension],
                 annotator=_annotator(task),
                 method=self.cfg.method,
                 rationale=self.cfg.rationale,
-            )
-            if len(self._heads) < 10_000:
-                self._heads[key] = text
-        return text
+            ),
+        )
 
     def thread_segment(self, comment: Any) -> str:
         key = (comment.comment_id, comment.index, comment.author, comment.role, comment.text)
-        text = self._segments.get(key)
-        if text is None:
-            text = self._segment.render(c=_view(comment))
-            if len(self._segments) < 100_000:  # a shard's comments; bounded all the same
-                self._segments[key] = text
-        return text
+        # Bounded by a shard's comments in practice; by the limit all the same.
+        return _remembered(
+            self._segments, key, 100_000, lambda: self._segment.render(c=_view(comment))
+        )
 
     def thread_question(self, task: Task) -> str:
         t = task.target
         key = (t.index, t.author, t.role)  # all a question may name; never the comment's text
-        text = self._questions.get(key)
-        if text is None:
-            text = self._question.render(target=_view(t))
-            if len(self._questions) < 10_000:
-                self._questions[key] = text
-        return text
+        return _remembered(
+            self._questions, key, 10_000, lambda: self._question.render(target=_view(t))
+        )
+
+
+def _remembered(cache: dict[Any, str], key: Any, limit: int, render: Callable[[], str]) -> str:
+    """``cache[key]``, rendered on first use; kept while the cache holds fewer than ``limit``."""
+    text = cache.get(key)
+    if text is None:
+        text = render()
+        if len(cache) < limit:
+            cache[key] = text
+    return text
 
 
 def _view(c: Any) -> dict[str, Any]:

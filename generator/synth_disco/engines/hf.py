@@ -121,6 +121,15 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+def _row_kv(cache: Any, row: int, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of one row's key/value states in slots ``[start, stop)``, every layer (for the
+    prefix store, which must not hold views into a batch's cache)."""
+    return [
+        (layer.keys[row, :, start:stop].clone(), layer.values[row, :, start:stop].clone())
+        for layer in cache.layers
+    ]
+
+
 def _short(exc: BaseException) -> str:
     """One line naming the exception: enough for a record, no traceback."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -309,39 +318,43 @@ class TransformersEngine:
         gc.collect()
         gc.freeze()
 
+    def _text_config(self) -> Any:
+        """The config of the language model (a multimodal model nests it)."""
+        cfg = self.model.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def _dtype_bytes(self) -> int:
+        """Bytes of one weight, activation or cache value."""
+        dtype = self.model.dtype
+        return torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+
     def _cpu_prefill_limits(self) -> tuple[int, int]:
         """(tokens, mask bytes) of one CPU prefill pass. A token's activations in one layer
         take about six hidden-size vectors and three MLP-width ones; a narrow model fits more
         tokens in the same memory, and bigger passes cost less per token there (fewer calls,
         each with the same fixed overhead)."""
-        text = self.model.config
-        if hasattr(text, "get_text_config"):
-            text = text.get_text_config()
+        text = self._text_config()
         hidden = getattr(text, "hidden_size", None) or 4096
         mlp = getattr(text, "intermediate_size", None) or 4 * hidden
-        size = torch.finfo(self.model.dtype).bits // 8 if self.model.dtype.is_floating_point else 4
-        fits = _CPU_ACTIVATION_BYTES // ((6 * hidden + 3 * mlp) * size)
+        fits = _CPU_ACTIVATION_BYTES // ((6 * hidden + 3 * mlp) * self._dtype_bytes())
         floor, mask_bytes = _CPU_PREFILL_LIMITS
         return max(floor, min(_CPU_PREFILL_MAX_TOKENS, fits)), mask_bytes
 
     def _kv_bytes_per_token(self) -> int:
         """Bytes of key/value cache one token takes (all layers), from the model config."""
-        cfg = self.model.config
-        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        text = self._text_config()
         layers = getattr(text, "num_hidden_layers", None) or 32
         heads = getattr(text, "num_attention_heads", None) or 32
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         hidden = getattr(text, "hidden_size", None) or 4096
         head_dim = getattr(text, "head_dim", None) or hidden // heads
-        size = torch.finfo(self.model.dtype).bits // 8 if self.model.dtype.is_floating_point else 4
-        return int(layers * kv_heads * head_dim * 2 * size)
+        return int(layers * kv_heads * head_dim * 2 * self._dtype_bytes())
 
     def _sliding_window(self) -> int | None:
         """The attention window of the model's sliding-window layers, if it has any. A packed
         thread's question pass brings its own attention mask, which knows no window, so
         threads longer than that are scored one prompt at a time."""
-        cfg = self.model.config
-        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        text = self._text_config()
         window = getattr(text, "sliding_window", None)
         if not isinstance(window, int) or window <= 0:
             return None
@@ -353,8 +366,7 @@ class TransformersEngine:
         return window
 
     def _find_max_context(self) -> int:
-        cfg = self.model.config
-        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        text_cfg = self._text_config()
         for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
             value = getattr(text_cfg, attr, None)
             if isinstance(value, int) and value > 0:
@@ -678,14 +690,7 @@ class TransformersEngine:
             return None
         if store is not None and keep:
             for row, (it, n) in enumerate(zip(items, need, strict=True)):
-                kv = [
-                    (
-                        layer.keys[row, :, width - 1 - n :].clone(),
-                        layer.values[row, :, width - 1 - n :].clone(),
-                    )
-                    for layer in cache.layers
-                ]
-                store.add(it.ids[:-1], kv)
+                store.add(it.ids[:-1], _row_kv(cache, row, width - 1 - n, width - 1))
         return cache
 
     def _prefill_groups(
@@ -1071,7 +1076,7 @@ class TransformersEngine:
             mask_cap = self._prefill_limits[1]
         else:
             token_cap, mask_cap = self._token_cap(), _THREAD_MASK_BYTES
-        size = torch.finfo(self.model.dtype).bits // 8
+        size = self._dtype_bytes()
         batch: list[_ThreadItem] = []
         for item in items:
             t = item.thread
@@ -1142,14 +1147,7 @@ class TransformersEngine:
         cache = out.past_key_values
         if store is not None:
             for row, t in enumerate(threads):
-                n = len(t.trunk)
-                store.add(
-                    t.trunk,
-                    [
-                        (la.keys[row, :, :n].clone(), la.values[row, :, :n].clone())
-                        for la in cache.layers
-                    ],
-                )
+                store.add(t.trunk, _row_kv(cache, row, 0, len(t.trunk)))
         return cache
 
     def _check_packed(self, thread: PackedThread, firsts: list[int]) -> bool:
