@@ -970,7 +970,8 @@ class TransformersEngine:
                     kept_firsts.append([f[0] for f in firsts])
             if kept_slots:
                 # Segments after the last question asked are never read.
-                trunk = [t for part in (head, *segments) for t in part][: ends[max(kept_after)]]
+                read = segments[: max(kept_after) + 1]
+                trunk = [t for part in (head, *read) for t in part]
                 thread = PackedThread(trunk, ends, kept_tokens, kept_after)
                 if self._window is not None and thread.cost > self._window:
                     # Past a sliding-window layer's reach the packed mask would see too far
