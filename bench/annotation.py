@@ -131,7 +131,7 @@ def stage(engine, cfg, comments, annotators, max_batch: int) -> tuple[float, int
 
     from synth_disco.annotation import run_annotation_stage
     from synth_disco.annotation.tasks import comments_table
-    from synth_disco.store import RunStore
+    from synth_disco.store.run_dir import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp))

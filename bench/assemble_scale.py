@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from synth_disco import tables
 from synth_disco.recipe import Recipe
 from synth_disco.records import Persona
-from synth_disco.store import RunStore
+from synth_disco.store import schemas
+from synth_disco.store.run_dir import RunStore
 
 FACTORS = {"moderation": ["none", "vanilla", "strict"], "turn_taking": ["round_robin", "random"]}
 VOCAB = np.array(
@@ -103,7 +103,7 @@ def write_run(root: Path, n: int, comments: int, shard_size: int, seed: int = 0)
     store = RunStore(root)
     rng = np.random.default_rng(seed)
     factor_names = [f"f_{f}" for f in FACTORS]
-    schema = tables.discussions_schema(factor_names)
+    schema = schemas.discussions_schema(factor_names)
     pool = personas()["users"]
     for shard, start in enumerate(range(0, n, shard_size)):
         ids = [f"d{i:07d}" for i in range(start, min(n, start + shard_size))]
@@ -168,7 +168,7 @@ def write_run(root: Path, n: int, comments: int, shard_size: int, seed: int = 0)
                 "finish_reason": ["stop"] * len(c_ids),
                 "attempts": [1] * len(c_ids),
             },
-            schema=tables.COMMENTS,
+            schema=schemas.COMMENTS,
         )
         labels = [str(x) for x in rng.integers(1, 6, size=len(c_ids))]
         annotations = pa.table(
@@ -186,7 +186,7 @@ def write_run(root: Path, n: int, comments: int, shard_size: int, seed: int = 0)
                 "status": ["ok"] * len(c_ids),
                 "attempts": [1] * len(c_ids),
             },
-            schema=tables.ANNOTATIONS,
+            schema=schemas.ANNOTATIONS,
         )
         store.finish_shard(
             "discuss",
@@ -194,7 +194,7 @@ def write_run(root: Path, n: int, comments: int, shard_size: int, seed: int = 0)
             {
                 "discussions": discussions,
                 "comments": comment_table,
-                "events": pa.table({k: [] for k in tables.EVENTS.names}, schema=tables.EVENTS),
+                "events": pa.table({k: [] for k in schemas.EVENTS.names}, schema=schemas.EVENTS),
             },
             {"discussions": m, "comments": len(c_ids)},
             ids,

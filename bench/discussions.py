@@ -52,8 +52,8 @@ def run_batched(
     specs: list[Any], engine: Any, max_concurrent: int
 ) -> tuple[float, dict[str, list]]:
     """All discussions through the runner; returns seconds and each discussion's comments."""
-    from synth_disco.runner import DiscussionRunner
-    from synth_disco.store import RunStore
+    from synth_disco.discussion.stage import DiscussionRunner
+    from synth_disco.store.run_dir import RunStore
 
     with tempfile.TemporaryDirectory(prefix="bench-disc-") as tmp:
         store = RunStore(Path(tmp))

@@ -224,7 +224,7 @@ def peak_gib(device: str) -> float:
 
 
 def run_discussions(specs: list[Any], engine: Any, max_concurrent: int, store: Any) -> Any:
-    from synth_disco.runner import DiscussionRunner
+    from synth_disco.discussion.stage import DiscussionRunner
 
     runner = DiscussionRunner(
         store, lambda shard: specs, lambda cfg: engine, [], max_concurrent=max_concurrent
@@ -283,7 +283,7 @@ def annotate(store: Any, engine: Any, seed: int, layout: str) -> int:
     from synth_disco.annotation.stage import run_annotation_stage
     from synth_disco.recipe import AnnotationConfig
     from synth_disco.records import Persona
-    from synth_disco.store import RunStore
+    from synth_disco.store.run_dir import RunStore
 
     cfg = AnnotationConfig.model_validate(
         {
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from synth_disco.engines.hf import TransformersEngine
-    from synth_disco.store import RunStore
+    from synth_disco.store.run_dir import RunStore
 
     logging.getLogger("synth_disco").setLevel(logging.WARNING)
     tiny = args.tiny

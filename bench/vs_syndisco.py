@@ -261,11 +261,11 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
     start = time.perf_counter()
     set_torch_threads(spec["threads"])
     from synth_disco.annotation.stage import run_annotation_stage
+    from synth_disco.discussion.stage import DiscussionRunner
     from synth_disco.engines.hf import TransformersEngine
     from synth_disco.recipe import AnnotationConfig
     from synth_disco.records import Persona
-    from synth_disco.runner import DiscussionRunner
-    from synth_disco.store import RunStore
+    from synth_disco.store.run_dir import RunStore
 
     logging.getLogger("synth_disco").setLevel(logging.WARNING)
     engine = TransformersEngine(

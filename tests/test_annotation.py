@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synth_disco import tables
 from synth_disco.annotation import (
     AnnotationError,
     PromptBuilder,
@@ -34,7 +33,8 @@ from synth_disco.engines.base import ChatRequest, Completion, LabelScores, Score
 from synth_disco.recipe import AnnotationConfig, Recipe
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
-from synth_disco.store import RunStore
+from synth_disco.store import schemas
+from synth_disco.store.run_dir import RunStore
 
 # ------------------------------------------------------------------------------- fixtures
 
@@ -175,9 +175,9 @@ def test_three_annotators_two_dimensions_gives_exactly_that_many_linked_rows(tmp
     # Each (comment, annotator, dimension) appears once.
     assert len({(r["comment_id"], r["annotator_id"], r["dimension"]) for r in rows}) == len(rows)
     assert pq.read_table(store.shard_files("annotate", "annotations")[0]).schema.equals(
-        tables.ANNOTATIONS
+        schemas.ANNOTATIONS
     )
-    assert result.shards_done == 2 and result.tasks == len(rows)
+    assert result.shards_done == 2 and result.finished == len(rows)
 
 
 def test_roles_follow_include_flags():
@@ -550,7 +550,7 @@ def test_stale_journal_records_are_not_reused(tmp_path):
     changed = [Comment(**{**c.to_dict(), "text": c.text + " (edited)"}) for c in comments]
     engine = FakeEngine()
     _, result = run(tmp_path, make_cfg(), engine, {0: comments_table(changed)})
-    assert result.resumed == 0 and result.tasks == 2 * 3 * 2
+    assert result.resumed == 0 and result.finished == 2 * 3 * 2
 
 
 def test_new_settings_on_the_same_comments_reannotate_only_what_is_new(tmp_path):
@@ -574,7 +574,7 @@ def test_retry_failed_asks_again_for_failed_labels_only(tmp_path):
     assert r1.failed == 6
     engine = FakeEngine(answer=lambda r: "agree" if "stance" in r.id else "5")
     store, r2 = run(tmp_path, cfg, engine, comments, retry_failed=True)
-    assert r2.tasks == 6 and r2.resumed == 6
+    assert r2.finished == 6 and r2.resumed == 6
     rows = all_rows(store)
     assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
     assert {r["label"] for r in rows if r["dimension"] == "toxicity"} == {"2"}  # kept

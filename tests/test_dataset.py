@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synth_disco import tables
 from synth_disco.dataset import AssembleError, assemble, read_manifest, used_pools
 from synth_disco.recipe import Recipe
 from synth_disco.records import Persona
-from synth_disco.store import RunStore
+from synth_disco.store import schemas
+from synth_disco.store.run_dir import RunStore
 
 LEVELS = {"moderation": ["none", "strict"], "tone": ["calm"]}
 USERS = [Persona(f"u{i}", f"User {i}", f"person {i}", (("age", str(20 + i)),)) for i in range(4)]
@@ -186,7 +186,7 @@ def make_run(
 ) -> RunStore:
     """A run directory with finished discuss (and annotate) shards, built through RunStore."""
     store = RunStore(root)
-    schema = tables.discussions_schema(list(LEVELS))
+    schema = schemas.discussions_schema(list(LEVELS))
     for shard, start in enumerate(range(0, n_discussions, shard_size)):
         ids = list(range(start, min(n_discussions, start + shard_size)))
         discs = [
@@ -212,8 +212,8 @@ def make_run(
             shard,
             {
                 "discussions": pa.Table.from_pylist(discs, schema=schema),
-                "comments": pa.Table.from_pylist(comments, schema=tables.COMMENTS),
-                "events": pa.Table.from_pylist(events, schema=tables.EVENTS),
+                "comments": pa.Table.from_pylist(comments, schema=schemas.COMMENTS),
+                "events": pa.Table.from_pylist(events, schema=schemas.EVENTS),
             },
             {"discussions": len(discs), "comments": len(comments)},
             members,
@@ -223,7 +223,7 @@ def make_run(
             store.finish_shard(
                 "annotate",
                 shard,
-                {"annotations": pa.Table.from_pylist(ann, schema=tables.ANNOTATIONS)},
+                {"annotations": pa.Table.from_pylist(ann, schema=schemas.ANNOTATIONS)},
                 {"annotations": len(ann)},
                 members,
             )
@@ -319,7 +319,7 @@ def test_manifest_records_checksums_counts_and_versions(built) -> None:
         {"discussion_id": "d0004", "error": "engine crashed"}
     ]
     assert manifest["failures"]["failed_turns"] == 1
-    from synth_disco.store import sha256_file
+    from synth_disco.store.files import sha256_file
 
     for rel, digest in manifest["files"].items():
         assert sha256_file(folder / rel) == digest
@@ -404,9 +404,9 @@ def test_local_model_paths_are_scrubbed_from_rows(tmp_path: Path) -> None:
         0,
         {
             "discussions": pa.Table.from_pylist(
-                [d], schema=tables.discussions_schema(list(LEVELS))
+                [d], schema=schemas.discussions_schema(list(LEVELS))
             ),
-            "comments": pa.Table.from_pylist(_comments(d, 1), schema=tables.COMMENTS),
+            "comments": pa.Table.from_pylist(_comments(d, 1), schema=schemas.COMMENTS),
         },
         {},
         ["d0000"],

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fakes import FakeEngine, make_spec, run_alone
-from synth_disco.runner import DiscussionRunner
-from synth_disco.store import RunStore
+from synth_disco.discussion.stage import DiscussionRunner
+from synth_disco.store.run_dir import RunStore
 
 
 def specs(n_shards=3, per_shard=3, **kw):
@@ -86,7 +86,7 @@ def test_one_failing_discussion_does_not_stop_the_others(tmp_path):
 
     store = RunStore(tmp_path)
     result = make_runner(store, plan, FakeEngine(reply)).run([0])
-    assert result.failed == 1 and result.discussions == 4
+    assert result.failed == 1 and result.finished == 4
     assert result.failures[0][0] == "d0-1"
     rows = pq.read_table(store.shard_path("discuss", 0, "discussions")).to_pylist()
     status = {r["discussion_id"]: r["status"] for r in rows}
@@ -174,8 +174,8 @@ def test_a_shard_locked_by_another_process_is_left_alone(tmp_path):
 def test_full_disk_is_a_clear_error_and_finished_shards_stay_intact(tmp_path, monkeypatch):
     import errno
 
-    from synth_disco import store as store_module
-    from synth_disco.store import StoreError
+    from synth_disco.store import run_dir as store_module
+    from synth_disco.store.run_dir import StoreError
 
     plan = specs()
     store = RunStore(tmp_path)

@@ -8,7 +8,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from synth_disco import tables
+from synth_disco.store import schemas
 
 
 def sample(t: pa.DataType, i: int):
@@ -33,11 +33,11 @@ def sample(t: pa.DataType, i: int):
 
 
 SCHEMAS = {
-    "discussions": tables.discussions_schema(["moderation", "turn_order"]),
-    "comments": tables.COMMENTS,
-    "events": tables.EVENTS,
-    "annotations": tables.ANNOTATIONS,
-    "personas": tables.PERSONAS,
+    "discussions": schemas.discussions_schema(["moderation", "turn_order"]),
+    "comments": schemas.COMMENTS,
+    "events": schemas.EVENTS,
+    "annotations": schemas.ANNOTATIONS,
+    "personas": schemas.PERSONAS,
 }
 
 
@@ -45,11 +45,11 @@ SCHEMAS = {
 def test_from_rows_equals_from_pylist(name: str) -> None:
     schema = SCHEMAS[name]
     rows = [{f.name: sample(f.type, i) for f in schema} | {"not_a_column": i} for i in range(9)]
-    got = tables.from_rows(rows, schema)
+    got = schemas.from_rows(rows, schema)
     assert got.schema == schema
     assert got.equals(pa.Table.from_pylist(rows, schema=schema))
     assert got.to_pylist() == pa.Table.from_pylist(rows, schema=schema).to_pylist()
-    empty = tables.from_rows([], schema)
+    empty = schemas.from_rows([], schema)
     assert empty.num_rows == 0 and empty.schema == schema
 
 
@@ -57,11 +57,11 @@ def test_shard_tables_are_built_and_read_without_pandas(tmp_path) -> None:
     # A run worker never needs pandas; importing it costs ~50 MiB of resident memory.
     code = f"""
 import sys
-from synth_disco import tables
-from synth_disco.store import RunStore
+from synth_disco.store import schemas
+from synth_disco.store.run_dir import RunStore
 store = RunStore({str(tmp_path)!r})
-t = tables.from_rows([{{"discussion_id": "d", "comment_id": "c", "index": 0}}], tables.COMMENTS)
-store.finish_shard("discuss", 0, {{"comments": t, "events": tables.from_rows([], tables.EVENTS)}}, {{}}, members=["d"])
+t = schemas.from_rows([{{"discussion_id": "d", "comment_id": "c", "index": 0}}], schemas.COMMENTS)
+store.finish_shard("discuss", 0, {{"comments": t, "events": schemas.from_rows([], schemas.EVENTS)}}, {{}}, members=["d"])
 assert store.read_shard("discuss", 0, "comments").to_pylist()[0]["comment_id"] == "c"
 print("pandas" in sys.modules)
 """

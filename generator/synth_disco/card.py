@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from synth_disco.store.files import atomic_write_text
+
 from .dataset import (
     CONFIGS,
     MANIFEST,
@@ -35,7 +37,6 @@ from .dataset import (
 )
 from .figures import draw_figures
 from .recipe import FileRef, Recipe, SourceSpec
-from .store import atomic_write_text
 
 CARD_BEGIN = "<!-- synth-disco:begin -->"
 CARD_END = "<!-- synth-disco:end -->"

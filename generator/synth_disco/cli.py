@@ -208,7 +208,7 @@ def build(
     verbose: bool,
 ) -> None:
     """Plan, generate, annotate and assemble RECIPE into a dataset; resumes where it stopped."""
-    from synth_disco.pipeline import build as run_build
+    from synth_disco.pipeline.build import build as run_build
 
     if recipe.is_dir():
         recipe = recipe / "recipe.yaml"
@@ -281,7 +281,7 @@ def annotate(data: Path, recipe: Path, overrides: tuple[str, ...], out: Path | N
     """Label the comments in DATA (a run directory, a dataset folder, or SynDisco JSON files)
     with the annotation section of RECIPE."""
     from synth_disco.annotation.existing import annotate_existing
-    from synth_disco.pipeline import stop_on_signals
+    from synth_disco.pipeline.build import stop_on_signals
 
     loaded = load(recipe, overrides)
     with stop_on_signals() as should_stop:

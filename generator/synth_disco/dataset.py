@@ -40,9 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from . import tables
+from synth_disco.store import schemas
+from synth_disco.store.files import fsync_dir, sha256_file
+from synth_disco.store.run_dir import RunStore
+
 from .recipe import Recipe
-from .store import RunStore, fsync_dir, sha256_file
 
 SPLIT = "train"
 CONFIGS = ("discussions", "comments", "annotations", "personas")
@@ -89,7 +91,7 @@ class AssembleError(RuntimeError):
 
 def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
     """The arrow schema of every config, from ``tables.py``."""
-    discussions = tables.discussions_schema(factors)
+    discussions = schemas.discussions_schema(factors)
     clashes = sorted({n for n in discussions.names if discussions.names.count(n) > 1})
     if clashes:
         raise AssembleError(
@@ -98,9 +100,9 @@ def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
         )
     return {
         "discussions": discussions,
-        "comments": tables.COMMENTS,
-        "annotations": tables.ANNOTATIONS,
-        "personas": tables.PERSONAS,
+        "comments": schemas.COMMENTS,
+        "annotations": schemas.ANNOTATIONS,
+        "personas": schemas.PERSONAS,
     }
 
 
@@ -790,7 +792,7 @@ def assemble(
         raise AssembleError("no finished shards to assemble: run `synth-disco build` first")
     annotate = _shard_paths(store, "annotate")
     factors = list(recipe.factors)
-    schemas = {
+    by_config = {
         k: datasets.Features.from_arrow_schema(s).arrow_schema
         for k, s in config_schemas(factors).items()
     }
@@ -812,25 +814,25 @@ def assemble(
         written: dict[str, ConfigFiles] = {}
 
         w_disc = _ConfigWriter(
-            tmp, "discussions", schemas["discussions"], _rows_in(disc_paths), max_rows
+            tmp, "discussions", by_config["discussions"], _rows_in(disc_paths), max_rows
         )
-        w_comm = _ConfigWriter(tmp, "comments", schemas["comments"], _rows_in(comm_paths), max_rows)
+        w_comm = _ConfigWriter(tmp, "comments", by_config["comments"], _rows_in(comm_paths), max_rows)
         for shard in sorted(discuss):
             paths = discuss[shard]
             cells: dict[str, tuple[str, tuple[str, ...]]] = {}
             ids: list[str] = []
             if "discussions" in paths:
-                for batch in _read_batches(paths["discussions"], schemas["discussions"], scrub):
+                for batch in _read_batches(paths["discussions"], by_config["discussions"], scrub):
                     cells.update(stats.add_discussions(pa.Table.from_batches([batch])))
                     ids.extend(batch.column("discussion_id").to_pylist())
                     w_disc.write(batch)
             counts: Counter[str] = Counter()
             if "comments" in paths:
-                for batch in _read_batches(paths["comments"], schemas["comments"], scrub):
+                for batch in _read_batches(paths["comments"], by_config["comments"], scrub):
                     stats.add_comments(batch, cells, counts)
                     w_comm.write(batch)
             if "events" in paths:
-                for batch in _read_batches(paths["events"], tables.EVENTS, scrub):
+                for batch in _read_batches(paths["events"], schemas.EVENTS, scrub):
                     stats.add_events(batch)
             stats.end_shard(ids, counts)
         written["discussions"] = w_disc.close()
@@ -838,7 +840,7 @@ def assemble(
 
         if ann_paths:
             w_ann = _ConfigWriter(
-                tmp, "annotations", schemas["annotations"], _rows_in(ann_paths), max_rows
+                tmp, "annotations", by_config["annotations"], _rows_in(ann_paths), max_rows
             )
             global_cells: dict[str, tuple[str, tuple[str, ...]]] | None = None
             for shard in sorted(annotate):
@@ -848,7 +850,7 @@ def assemble(
                 # a global map is built only if that ever fails to hold.
                 cells = _cell_map(discuss.get(shard, {}).get("discussions"), factors)
                 for batch in _read_batches(
-                    annotate[shard]["annotations"], schemas["annotations"], scrub
+                    annotate[shard]["annotations"], by_config["annotations"], scrub
                 ):
                     ids_here = set(batch.column("discussion_id").to_pylist())
                     if not ids_here <= cells.keys():
@@ -863,11 +865,11 @@ def assemble(
 
         pool = recipe.discussion.persona_pool
         rows = _persona_rows(personas, pool, disc_paths)
-        w_per = _ConfigWriter(tmp, "personas", schemas["personas"], len(rows), max_rows)
+        w_per = _ConfigWriter(tmp, "personas", by_config["personas"], len(rows), max_rows)
         for start in range(0, len(rows), READ_BATCH_ROWS):
             w_per.write(
                 pa.RecordBatch.from_pylist(
-                    rows[start : start + READ_BATCH_ROWS], schema=schemas["personas"]
+                    rows[start : start + READ_BATCH_ROWS], schema=by_config["personas"]
                 )
             )
         written["personas"] = w_per.close()

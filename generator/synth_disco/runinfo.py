@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth_disco.progress import fmt_duration
-from synth_disco.store import RunStore
+from synth_disco.store.run_dir import RunStore
 
 
 @dataclass

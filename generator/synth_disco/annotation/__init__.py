@@ -13,7 +13,7 @@ from synth_disco.annotation.agreement import alpha_from_matrix, krippendorff_alp
 from synth_disco.annotation.existing import AnnotationStopped, annotate_existing, detect_source
 from synth_disco.annotation.parse import ParsedAnswer, parse_answer
 from synth_disco.annotation.prompts import PromptBuilder
-from synth_disco.annotation.stage import StageResult, default_generate_params, run_annotation_stage
+from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
 from synth_disco.annotation.syndisco_import import read_syndisco_dir
 from synth_disco.annotation.tasks import AnnotationError, Task, build_tasks
 
@@ -22,7 +22,6 @@ __all__ = [
     "AnnotationStopped",
     "ParsedAnswer",
     "PromptBuilder",
-    "StageResult",
     "Task",
     "aggregate",
     "alpha_from_matrix",

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth_disco.annotation.aggregate import write_aggregates
-from synth_disco.annotation.stage import ProgressLike, StageResult, run_annotation_stage
+from synth_disco.annotation.stage import ProgressLike, run_annotation_stage
 from synth_disco.annotation.syndisco_import import read_syndisco_dir
 from synth_disco.annotation.tasks import (
     AnnotationError,
@@ -30,7 +30,8 @@ from synth_disco.annotation.tasks import (
 )
 from synth_disco.errors import SynthDiscoError
 from synth_disco.records import Comment
-from synth_disco.store import RunStore, StoreError
+from synth_disco.store.run_dir import RunStore, StoreError
+from synth_disco.store.shards import StageResult
 
 log = logging.getLogger("synth_disco")
 

@@ -16,13 +16,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
 
-from synth_disco import tables
-from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.parse import parse_answer
 from synth_disco.annotation.prompts import PromptBuilder
 from synth_disco.annotation.tasks import STAGE, Task, build_tasks
@@ -38,17 +36,13 @@ from synth_disco.progress import Progress
 from synth_disco.recipe import AnnotationConfig
 from synth_disco.records import Persona
 from synth_disco.seeds import derive_seed
-from synth_disco.store import RunStore
+from synth_disco.store import schemas
+from synth_disco.store.run_dir import RunStore
+from synth_disco.store.shards import StageResult, claim, is_current
 
 log = logging.getLogger("synth_disco")
 
-__all__ = [
-    "StageResult",
-    "annotation_row",
-    "default_generate_params",
-    "run_annotation_stage",
-    "write_aggregates",  # re-exported: the build runs the stage, then writes its aggregates
-]
+__all__ = ["annotation_row", "default_generate_params", "run_annotation_stage"]
 
 # Greedy decoding would repeat an unparseable answer exactly, so retries sample at least this
 # warm (each attempt with its own derived seed).
@@ -61,21 +55,6 @@ _SCORE_RESERVE = 16
 
 Comments = Callable[[int], pa.Table] | Mapping[int, pa.Table] | Sequence[pa.Table]
 ProgressLike = Progress | Callable[[int], None] | None
-
-
-@dataclass
-class StageResult:
-    """What one call of the stage did (field names follow the discussion runner's)."""
-
-    shards_done: int = 0  # finished by this call
-    shards_skipped: int = 0  # held by another process
-    shards_already: int = 0  # done before this call
-    tasks: int = 0  # labels finished by this call (ok or failed)
-    resumed: int = 0  # labels found finished in journals
-    failed: int = 0  # labels recorded as failed by this call
-    engine_calls: int = 0
-    seconds: float = 0.0
-    stopped: bool = False  # should_stop() ended the call early
 
 
 def default_generate_params(
@@ -377,14 +356,14 @@ def run_annotation_stage(
             tasks = build_tasks(table, cfg, annotators, seed)
             members = list(dict.fromkeys(t.target.comment_id for t in tasks))
             digest = task_digest(tasks)
-            if _is_current(store, shard, members, digest, retry_failed):
+            current = dict(members=members, retry_failed=retry_failed, digest=digest)
+            if is_current(store, STAGE, shard, **current):
                 result.shards_already += 1
                 continue
-            with store.lock_shard(STAGE, shard) as held:
+            with claim(store, STAGE, shard, result) as held:
                 if not held:
-                    result.shards_skipped += 1
                     continue
-                if _is_current(store, shard, members, digest, retry_failed):  # done meanwhile
+                if is_current(store, STAGE, shard, **current):  # done meanwhile
                     result.shards_already += 1
                     continue
                 store.reopen_shard(STAGE, shard)
@@ -420,18 +399,6 @@ def task_digest(tasks: list[Task]) -> int:
     for t in tasks:
         h.update(f"{t.id}\x1f{t.key}\x1e".encode())
     return int(h.hexdigest()[:12], 16)
-
-
-def _is_current(
-    store: RunStore, shard: int, members: list[str], digest: int, retry_failed: bool
-) -> bool:
-    info = store.shard_info(STAGE, shard)
-    return (
-        info is not None
-        and info.members == members
-        and info.counts.get("task_digest") == digest
-        and not (retry_failed and info.counts.get("failed", 0))
-    )
 
 
 def _run_shard(
@@ -480,7 +447,7 @@ def _run_shard(
                     pending.append((task, attempt + 1))
             journal.sync()
             crash_point("annotate.step")
-            result.tasks += finished
+            result.finished += finished
             result.failed += failed
             tracker.update(finished, failed)
     finally:
@@ -498,7 +465,7 @@ def _finish(
 ) -> None:
     records = _replay(store, shard, tasks)
     rows = [annotation_row(t, records[t.id], model_name) for t in tasks]
-    table = tables.from_rows(rows, tables.ANNOTATIONS)
+    table = schemas.from_rows(rows, schemas.ANNOTATIONS)
     n_failed = sum(r["status"] != "ok" for r in rows)
     counts = {
         "annotations": len(rows),

@@ -16,10 +16,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from synth_disco import tables
 from synth_disco.recipe import AnnotationConfig
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
+from synth_disco.store import schemas
 
 STAGE = "annotate"
 
@@ -105,8 +105,8 @@ def comments_from_table(table: pa.Table) -> list[Comment]:
 
 
 def comments_table(comments: Sequence[Comment]) -> pa.Table:
-    """The ``comments`` table (``tables.COMMENTS``) of these records."""
-    return tables.from_rows((c.to_dict() for c in comments), tables.COMMENTS)
+    """The ``comments`` table (``schemas.COMMENTS``) of these records."""
+    return schemas.from_rows((c.to_dict() for c in comments), schemas.COMMENTS)
 
 
 def annotated_roles(cfg: AnnotationConfig) -> set[str]:

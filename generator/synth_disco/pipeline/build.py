@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -17,21 +16,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
 from synth_disco import __version__
+from synth_disco.annotation.aggregate import write_aggregates
+from synth_disco.annotation.stage import run_annotation_stage
 from synth_disco.design import plan as make_plan
 from synth_disco.design import write_plan
+from synth_disco.discussion.stage import LOAD_FIELDS, DiscussionRunner
 from synth_disco.engines import load_engine
 from synth_disco.engines.base import Engine
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
+from synth_disco.pipeline.world import World, detect_world
 from synth_disco.recipe import ModelConfig
 from synth_disco.recipe_load import LoadedRecipe, load_recipe
-from synth_disco.runner import LOAD_FIELDS, DiscussionRunner, StageResult
-from synth_disco.store import RunStore, StoreError
+from synth_disco.store.run_dir import RunStore, StoreError
+from synth_disco.store.shards import StageResult
 
 log = logging.getLogger("synth_disco")
 
@@ -59,39 +62,13 @@ class BuildReport:
     run_dir: Path
     dataset_dir: Path | None = None
     discuss: StageResult | None = None
-    annotate: Any = None
+    annotate: StageResult | None = None
     nothing_to_do: bool = False
     extended_from: int | None = None
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
     return Path("runs") / f"{loaded.recipe.name}-{loaded.recipe.version}"
-
-
-# -- processes ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class World:
-    """This process's rank among the workers started by ``accelerate launch`` / ``torchrun``."""
-
-    rank: int = 0
-    size: int = 1
-    barrier: Callable[[], None] = lambda: None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def detect_world() -> World:
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World()
-    import torch
-    from accelerate import PartialState
-
-    # Without CUDA, PartialState must be told it is on the CPU, or every rank takes everything.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return World(state.process_index, state.num_processes, state.wait_for_everyone)
 
 
 # -- logging and signals -----------------------------------------------------------------------
@@ -289,12 +266,10 @@ def build(
                     report.annotate = run_annotation(
                         loaded, store, mine, engines, should_stop, retry_failed
                     )
-                    if getattr(report.annotate, "stopped", False):
+                    if report.annotate.stopped:
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     if world.is_main:
-                        from synth_disco.annotation.stage import write_aggregates
-
                         write_aggregates(store, recipe.annotation)
         finally:
             engines.close()
@@ -341,10 +316,8 @@ def run_annotation(
     engines: EngineCache,
     should_stop: Callable[[], bool],
     retry_failed: bool,
-) -> Any:
+) -> StageResult:
     """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
-    from synth_disco.annotation.stage import run_annotation_stage
-
     recipe = loaded.recipe
     cfg = recipe.annotation
     model_cfg = recipe.model_for(cfg.model)

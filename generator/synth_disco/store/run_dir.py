@@ -8,7 +8,7 @@ Everything here is a plain file a person can inspect::
     journal/<stage>/shard-00003.jsonl append-only log of finished steps (fsync'd every step)
     shards/<stage>/shard-00003.<table>.parquet   a finished shard's rows (atomic rename)
     shards/<stage>/shard-00003.done.json         its checksums and counts: the shard is done
-    locks/<stage>-shard-00003.lock    held (flock) by the process working on that shard
+    locks/<stage>-shard-00003.lock    held (filelock) by the process working on that shard
     logs/run.log
 
 A shard is done exactly when its ``done.json`` exists; the marker is written last, after the
@@ -19,12 +19,8 @@ journal to resume from.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,127 +28,20 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
+from synth_disco.store.files import (
+    atomic_write_parquet,
+    atomic_write_text,
+    describe_os_error,
+)
+from synth_disco.store.journal import Journal
 
 
 class StoreError(SynthDiscoError):
     """The run directory cannot be used (unwritable, full, locked, or from another recipe)."""
-
-
-def _describe_os_error(exc: OSError, path: Path) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device holding {path.name}: free space and re-run"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write to {path}: permission denied (choose another --out)"
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-        return f"cannot create {path}: a file is in the way (choose another --out)"
-    return f"cannot write {path.name}: {exc.strerror or exc}"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> str:
-    """Write ``table`` atomically and return the file's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        digest = sha256_file(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        return digest
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class Journal:
-    """An append-only JSON-lines log; ``sync`` makes everything appended so far durable."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open across steps)
-
-    def _repair(self) -> None:
-        """Drop a torn last line left by a crash in the middle of a write."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return
-        keep = data[: data.rfind(b"\n") + 1]
-        with open(self.path, "r+b") as f:
-            f.truncate(len(keep))
-            os.fsync(f.fileno())
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-    def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self.sync()
-            self._f.close()
-
-    @staticmethod
-    def read(path: Path) -> Iterator[dict[str, Any]]:
-        """Every complete record of a journal (a torn last line is skipped)."""
-        if not path.exists():
-            return
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    break
 
 
 @dataclass
@@ -221,7 +110,7 @@ class RunStore:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise StoreError(_describe_os_error(exc, self.root)) from exc
+            raise StoreError(describe_os_error(exc, self.root)) from exc
 
     def read_run(self) -> dict[str, Any] | None:
         if not self.run_json.exists():
@@ -235,14 +124,14 @@ class RunStore:
         try:
             atomic_write_text(path, text)
         except OSError as exc:
-            raise StoreError(_describe_os_error(exc, path)) from exc
+            raise StoreError(describe_os_error(exc, path)) from exc
 
     # -- shards --------------------------------------------------------------------------------
     def journal(self, stage: str, shard: int) -> Journal:
         try:
             return Journal(self.journal_path(stage, shard))
         except OSError as exc:
-            raise StoreError(_describe_os_error(exc, self.journal_path(stage, shard))) from exc
+            raise StoreError(describe_os_error(exc, self.journal_path(stage, shard))) from exc
 
     def read_journal(self, stage: str, shard: int) -> Iterator[dict[str, Any]]:
         return Journal.read(self.journal_path(stage, shard))
@@ -276,7 +165,7 @@ class RunStore:
                 self.done_path(stage, shard), json.dumps(info.to_dict(), indent=1) + "\n"
             )
         except OSError as exc:
-            raise StoreError(_describe_os_error(exc, self.shard_path(stage, shard, "*"))) from exc
+            raise StoreError(describe_os_error(exc, self.shard_path(stage, shard, "*"))) from exc
         return info
 
     def reopen_shard(self, stage: str, shard: int) -> None:
@@ -305,16 +194,19 @@ class RunStore:
 
     @contextlib.contextmanager
     def lock_shard(self, stage: str, shard: int) -> Iterator[bool]:
-        """Hold an exclusive lock on a shard; yields False when another process holds it."""
+        """Hold an exclusive lock on a shard; yields False when another process holds it.
+
+        ``filelock`` rather than ``fcntl``: the same lock file works on Windows too.
+        """
         path = self.root / "locks" / f"{stage}-shard-{shard:05d}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()

@@ -1,44 +1,36 @@
-"""The scheduler: many discussions in flight, one batched engine call per step.
+"""The discuss stage: many discussions in flight, one batched engine call per step.
 
 Discussions are admitted in plan order, up to ``max_concurrent`` at a time and across shard
 boundaries (so the batch does not drain at the end of each shard). Each step gathers the
 pending request of every active discussion, sends them to the engine together (one call per
 model), applies the answers, appends them to the shard journals and syncs the journals once.
 A shard is finalised (parquet files + done marker) as soon as its last discussion ends.
+Shards follow the protocol of :mod:`synth_disco.store.shards` (skip, claim, replay, finish).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from synth_disco import tables
 from synth_disco.discussion.state import DiscussionState
 from synth_disco.engines.base import ChatRequest, Engine
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe import ModelConfig
 from synth_disco.records import DiscussionSpec
-from synth_disco.store import Journal, RunStore
+from synth_disco.store import schemas
+from synth_disco.store.journal import Journal
+from synth_disco.store.run_dir import RunStore
+from synth_disco.store.shards import StageResult, claim, is_current
 
 log = logging.getLogger("synth_disco")
 
 STAGE = "discuss"
-
-
-@dataclass
-class StageResult:
-    shards_done: int = 0
-    shards_skipped: int = 0  # held by another process
-    discussions: int = 0
-    failed: int = 0
-    comments: int = 0
-    tokens: int = 0
-    stopped: bool = False
-    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +74,7 @@ class DiscussionRunner:
         self.should_stop = should_stop
 
     def run(self, shards: list[int]) -> StageResult:
+        start = time.perf_counter()
         result = StageResult()
         todo: deque[int] = deque()
         total = 0
@@ -91,12 +84,8 @@ class DiscussionRunner:
         for shard in shards:
             specs = self.specs_for_shard(shard)
             members = [s.discussion_id for s in specs]
-            info = self.store.shard_info(STAGE, shard)
-            if (
-                info is not None
-                and info.members == members
-                and not (self.retry_failed and info.counts.get("failed", 0))
-            ):
+            if is_current(self.store, STAGE, shard, members, retry_failed=self.retry_failed):
+                result.shards_already += 1
                 continue
             todo.append(shard)
             total += len(specs)
@@ -145,15 +134,14 @@ class DiscussionRunner:
                 work.journal.close()
                 work.lock.close()
             progress.tick(force=True)
+            result.seconds = time.perf_counter() - start
         return result
 
     # -- shards ----------------------------------------------------------------------------------
     def _open_shard(self, shard: int, result: StageResult, progress: Progress) -> _ShardWork | None:
         lock = contextlib.ExitStack()
-        if not lock.enter_context(self.store.lock_shard(STAGE, shard)):
+        if not lock.enter_context(claim(self.store, STAGE, shard, result)):
             lock.close()
-            log.warning("shard %d is being worked on by another process; skipping it", shard)
-            result.shards_skipped += 1
             return None
         specs = self.specs_for_shard(shard)
         by_id: dict[str, list[dict]] = defaultdict(list)
@@ -203,18 +191,18 @@ class DiscussionRunner:
             STAGE,
             work.shard,
             {
-                "discussions": tables.from_rows(
-                    discussions, tables.discussions_schema(self.factors)
+                "discussions": schemas.from_rows(
+                    discussions, schemas.discussions_schema(self.factors)
                 ),
-                "comments": tables.from_rows(comments, tables.COMMENTS),
-                "events": tables.from_rows(events, tables.EVENTS),
+                "comments": schemas.from_rows(comments, schemas.COMMENTS),
+                "events": schemas.from_rows(events, schemas.EVENTS),
             },
             counts,
             work.members,
         )
         work.lock.close()
         result.shards_done += 1
-        result.discussions += counts["discussions"]
+        result.finished += counts["discussions"]
         result.failed += counts["failed"]
         result.comments += counts["comments"]
         result.failures.extend(failed)
@@ -241,6 +229,7 @@ class DiscussionRunner:
         for key, items in groups.items():
             engine = self.engine_for(configs[key])
             completions = engine.generate([r for _, _, r in items])
+            result.engine_calls += 1
             for (work, state, _), completion in zip(items, completions, strict=True):
                 for record in state.apply(completion):
                     work.journal.append(record)
