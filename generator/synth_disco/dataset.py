@@ -816,7 +816,9 @@ def assemble(
         w_disc = _ConfigWriter(
             tmp, "discussions", by_config["discussions"], _rows_in(disc_paths), max_rows
         )
-        w_comm = _ConfigWriter(tmp, "comments", by_config["comments"], _rows_in(comm_paths), max_rows)
+        w_comm = _ConfigWriter(
+            tmp, "comments", by_config["comments"], _rows_in(comm_paths), max_rows
+        )
         for shard in sorted(discuss):
             paths = discuss[shard]
             cells: dict[str, tuple[str, tuple[str, ...]]] = {}

@@ -18,99 +18,49 @@ Two layouts (``annotation.layout``), both with the shared instructions as the sy
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from importlib.resources import files
 from typing import Any
 
-from jinja2 import StrictUndefined
+from jinja2 import DictLoader, StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from synth_disco.annotation.tasks import Task
 from synth_disco.recipe import AnnotationConfig, Dimension
 
-BASE_INSTRUCTIONS = (
-    "You annotate comments from an online discussion for a research dataset. Each request "
-    "shows some earlier comments for context and one target comment. Judge only the target "
-    "comment, using the earlier comments to understand it, and answer with one of the labels "
-    "offered."
-)
+TEMPLATES = files("synth_disco.annotation") / "templates"
 
-# The thread layout says how to read the discussion in its head, next to the discussion.
-THREAD_BASE_INSTRUCTIONS = "You annotate comments from an online discussion for a research dataset."
+# Template files by role; names starting with "_" are pieces the others include.
+SYSTEM = "system.j2"  # the system message of both layouts
+WINDOW = "window.j2"  # the window layout's user message; the recipe may replace it
+THREAD_HEAD = "thread_head.j2"
+THREAD_SEGMENT = "thread_segment.j2"
+THREAD_QUESTION = "thread_question.j2"
+PIECES = ("_dimension.j2", "_annotator.j2", "_answer_rule.j2")
 
-SYSTEM_TEMPLATE = """{{ base }}
-{%- if instructions %}
 
-{{ instructions }}
-{%- endif %}"""
+def builtin_template(name: str) -> str:
+    """The source text of a built-in annotation template."""
+    return (TEMPLATES / name).read_text(encoding="utf-8")
 
-# Pieces both layouts share, so that they word the task the same way.
-DIMENSION_BLOCK = """\
-Dimension: {{ dimension.name }}
-{%- if dimension.instructions %}
-{{ dimension.instructions }}
-{%- endif %}
-{% if dimension.level == "ordinal" %}Labels (an ordered scale, lowest first):{% else %}Labels:{% endif %}
-{%- if dimension.described %}
-{%- for l in dimension.labels %}
-- {{ l.label }}{% if l.description %}: {{ l.description }}{% endif %}
-{%- endfor %}
-{%- else %} {{ dimension.labels | map(attribute="label") | join(", ") }}
-{%- endif %}
-"""
 
-ANNOTATOR_LINE = """\
-You are the annotator {{ annotator.name }}.\
-{% if annotator.description %} {{ annotator.description }}{% endif %}
-"""
+def templates_used(cfg: AnnotationConfig, window_override: str | None = None) -> dict[str, str]:
+    """Every annotation template ``cfg`` renders, name -> exact source (for the card).
 
-ANSWER_RULE = """\
-{% if method == "generate" and rationale -%}
-Answer with exactly one label from the list on the first line, then one or two sentences on why.
-{%- else -%}
-Answer with exactly one label from the list and nothing else.
-{%- endif %}"""
+    ``window_override`` is the recipe's ``discussion.templates.annotation``, which replaces the
+    window layout's user message.
+    """
+    if cfg.layout == "thread":
+        names = [SYSTEM, THREAD_HEAD, THREAD_SEGMENT, THREAD_QUESTION, *PIECES]
+        return {n: builtin_template(n) for n in names}
+    used = {SYSTEM: builtin_template(SYSTEM)}
+    if window_override is not None:
+        used["annotation (set by the recipe)"] = window_override
+    else:
+        used[WINDOW] = builtin_template(WINDOW)
+    if window_override is None or "{% include" in window_override:
+        used.update({n: builtin_template(n) for n in PIECES})
+    return used
 
-USER_TEMPLATE = (
-    """\
-{% if context -%}
-Earlier comments in the discussion (context only, do not annotate these):
-{% for c in context %}
-[{{ c.position }}] {{ c.author }}{{ c.role_note }}:
-{{ c.text }}
-{% endfor %}
-{% else -%}
-No earlier comments are shown.
-
-{% endif -%}
->>>>> TARGET COMMENT TO ANNOTATE: [{{ target.position }}] {{ target.author }}{{ target.role_note }} <<<<<
-{{ target.text }}
->>>>> END OF TARGET COMMENT <<<<<
-
-"""
-    + DIMENSION_BLOCK
-    + "\n"
-    + ANNOTATOR_LINE
-    + ANSWER_RULE
-)
-
-THREAD_HEAD_TEMPLATE = (
-    DIMENSION_BLOCK
-    + ANNOTATOR_LINE
-    + """Below is a discussion, oldest comment first. Label only its last comment, \
-using the earlier ones to understand it. \
-"""
-    + ANSWER_RULE
-    + "\n\n"
-)
-
-THREAD_SEGMENT_TEMPLATE = """\
-[{{ c.position }}] {{ c.author }}{{ c.role_note }}:
-{{ c.text }}
-
-"""
-
-# Short on purpose: the one part of a thread-layout prompt that is not shared with other labels.
-THREAD_QUESTION_TEMPLATE = """\
-Your label for comment [{{ target.position }}]:"""
 
 ROLE_NOTES = {"op": " (original post)", "seed": "", "moderator": " (moderator)", "user": ""}
 
@@ -134,20 +84,31 @@ class PromptBuilder:
         system_template: str | None = None,
         user_template: str | None = None,
     ):
+        # Built-in templates are read from the package; a recipe's template may include the
+        # pieces (dimension block, annotator line, answer rule) by name as they do.
+        sources = {n: builtin_template(n) for n in (*PIECES, SYSTEM, WINDOW)}
+        sources.update(
+            {n: builtin_template(n) for n in (THREAD_HEAD, THREAD_SEGMENT, THREAD_QUESTION)}
+        )
         env = ImmutableSandboxedEnvironment(
-            undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False
+            loader=DictLoader(sources),
+            undefined=StrictUndefined,
+            keep_trailing_newline=True,  # the pieces end in the newlines the prompts need
+            autoescape=False,
         )
         self.cfg = cfg
-        self._system = env.from_string(system_template or SYSTEM_TEMPLATE)
-        self._user = env.from_string(user_template or USER_TEMPLATE)
-        self._head = env.from_string(THREAD_HEAD_TEMPLATE)
-        self._segment = env.from_string(THREAD_SEGMENT_TEMPLATE)
-        self._question = env.from_string(THREAD_QUESTION_TEMPLATE)
+        self._system = (
+            env.from_string(system_template) if system_template else env.get_template(SYSTEM)
+        )
+        self._user = env.from_string(user_template) if user_template else env.get_template(WINDOW)
+        self._head = env.get_template(THREAD_HEAD)
+        self._segment = env.get_template(THREAD_SEGMENT)
+        self._question = env.get_template(THREAD_QUESTION)
         self._segments: dict[tuple[Any, ...], str] = {}  # rendered thread segment per comment
         self._heads: dict[tuple[str, ...], str] = {}  # per (annotator, dimension)
         self._questions: dict[tuple[Any, ...], str] = {}  # per target position and author
         self.system_text = self._system.render(
-            base=THREAD_BASE_INSTRUCTIONS if cfg.layout == "thread" else BASE_INSTRUCTIONS,
+            layout=cfg.layout,
             instructions=text_value(cfg.instructions, "annotation.instructions").strip(),
         ).strip()
         self._dimensions = {

@@ -22,6 +22,7 @@ import yaml
 
 from synth_disco import __version__
 from synth_disco.annotation.aggregate import write_aggregates
+from synth_disco.annotation.prompts import PromptBuilder, text_value
 from synth_disco.annotation.stage import run_annotation_stage
 from synth_disco.design import plan as make_plan
 from synth_disco.design import write_plan
@@ -322,6 +323,10 @@ def run_annotation(
     cfg = recipe.annotation
     model_cfg = recipe.model_for(cfg.model)
     annotators = loaded.personas(cfg.annotators.pool)
+    override = recipe.discussion.templates.annotation
+    prompts = PromptBuilder(
+        cfg, user_template=text_value(override, "discussion.templates.annotation") or None
+    )
     result = run_annotation_stage(
         store,
         lambda shard: store.read_shard("discuss", shard, "comments"),
@@ -333,6 +338,7 @@ def run_annotation(
         seed=recipe.seed,
         should_stop=should_stop,
         retry_failed=retry_failed,
+        prompts=prompts,
     )
     return result
 
