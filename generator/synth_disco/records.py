@@ -6,7 +6,7 @@ one that was written, and ``to_dict`` gives the row that goes into parquet.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -171,27 +171,6 @@ class Event:
     author: str
     detail: str = ""
     raw_text: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)
-
-
-@dataclass(frozen=True)
-class Annotation:
-    """One label given by one annotator to one comment on one dimension."""
-
-    comment_id: str
-    discussion_id: str
-    annotator_id: str
-    annotator_persona: str
-    dimension: str
-    label: str | None
-    scores: dict[str, float] = field(default_factory=dict)
-    method: str = "score"
-    raw_text: str = ""
-    model: str = ""
-    status: str = "ok"  # "ok" | "failed"
-    attempts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)

@@ -8,7 +8,7 @@ unit; units with fewer than two values are not pairable and drop out.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -110,15 +110,6 @@ def alpha_from_matrix(
                 continue
             units[u].append(v)
     return krippendorff_alpha(units, level, values)
-
-
-def alpha_from_labels(
-    labels: Mapping[Hashable, Sequence[Hashable]],
-    level: Level,
-    values: Sequence[Hashable] | None = None,
-) -> float | None:
-    """Alpha from ``{unit: [label, ...]}`` (one entry per annotator who labelled the unit)."""
-    return krippendorff_alpha(labels.values(), level, values)
 
 
 def _numeric(v: object) -> bool:
