@@ -15,14 +15,16 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from synth_disco import __version__
 from synth_disco.errors import RecipeError, SynthDiscoError
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; the name is only an annotation
+    from importlib.resources.abc import Traversable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
