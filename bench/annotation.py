@@ -166,7 +166,7 @@ def main() -> None:
 
     from synth_disco.annotation import PromptBuilder, build_tasks
     from synth_disco.engines import load_engine
-    from synth_disco.recipe import AnnotationConfig, ModelConfig
+    from synth_disco.recipe.schema import AnnotationConfig, ModelConfig
     from synth_disco.records import Persona
 
     torch.set_num_threads(args.threads)

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from synth_disco import tables
-from synth_disco.recipe import Recipe
+from synth_disco.recipe.schema import Recipe
 from synth_disco.records import Persona
 from synth_disco.store import RunStore
 

@@ -31,7 +31,7 @@ from synth_disco.annotation import (
 )
 from synth_disco.annotation.tasks import assign_annotators, comments_table
 from synth_disco.engines.base import ChatRequest, Completion, LabelScores, ScoreRequest
-from synth_disco.recipe import AnnotationConfig, Recipe
+from synth_disco.recipe.schema import AnnotationConfig, Recipe
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
 from synth_disco.store import RunStore
@@ -790,7 +790,7 @@ def test_annotate_existing_rejects_unknown_input(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_engine():
     from synth_disco.engines import load_engine
-    from synth_disco.recipe import ModelConfig
+    from synth_disco.recipe.schema import ModelConfig
 
     engine = load_engine(ModelConfig(engine="tiny", model="tiny"))
     yield engine

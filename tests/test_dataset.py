@@ -14,7 +14,7 @@ import pytest
 
 from synth_disco import tables
 from synth_disco.dataset import AssembleError, assemble, read_manifest, used_pools
-from synth_disco.recipe import Recipe
+from synth_disco.recipe.schema import Recipe
 from synth_disco.records import Persona
 from synth_disco.store import RunStore
 

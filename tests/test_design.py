@@ -9,9 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from synth_disco.design import cell_id, plan, select_cells, write_plan
-from synth_disco.recipe import DesignConfig
-from synth_disco.recipe_load import load_recipe
+from synth_disco.design.cells import cell_id
+from synth_disco.design.plan import plan, write_plan
+from synth_disco.recipe.factorial import select_cells
+from synth_disco.recipe.load import load_recipe
+from synth_disco.recipe.schema import DesignConfig
 from synth_disco.seeds import derive_seed
 
 RECIPE = """\
@@ -224,9 +226,10 @@ def test_summary_upper_bounds(recipe: Path) -> None:
     s = plan(load_recipe(recipe)).summary()
     assert (s.n_cells, s.n_discussions, s.participants) == (4, 24, (4, 4))
     assert s.turns == 24 * 6
-    assert s.moderator_calls == 12 * (6 // 2)  # strict cells: every 2nd turn
+    # strict cells: after every 2nd turn, but not after the last one (turns 2 and 4 of 6)
+    assert s.moderator_calls == 12 * 2
     assert s.annotation_calls == 0
     # rw cells use the 50-token model, rr cells the 10-token one; moderators the cell's model
-    per_rep = (6 * 10) + (6 * 50) + (6 * 10 + 3 * 10) + (6 * 50 + 3 * 50)
+    per_rep = (6 * 10) + (6 * 50) + (6 * 10 + 2 * 10) + (6 * 50 + 2 * 50)
     assert s.generated_tokens == 6 * per_rep
-    assert s.calls_with_retries == (24 * 6 + 12 * 3) * 3  # max_empty_retries defaults to 2
+    assert s.calls_with_retries == (24 * 6 + 12 * 2) * 3  # max_empty_retries defaults to 2

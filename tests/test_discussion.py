@@ -10,7 +10,7 @@ from fakes import FakeEngine, make_spec, run_alone
 from synth_disco.discussion.cleaning import clean_reply
 from synth_disco.discussion.policies import Node, next_turn
 from synth_disco.discussion.state import DiscussionState
-from synth_disco.recipe import TurnTaking
+from synth_disco.recipe.schema import TurnTaking
 
 SPEAKERS = ["ana", "ben", "cai", "dee"]
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from synth_disco.cli import main
 from synth_disco.errors import Problem, RecipeError
-from synth_disco.recipe_load import load_recipe
+from synth_disco.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -358,7 +358,7 @@ def test_builtin_prompt_templates_pass_the_template_check() -> None:
     """The sample contexts validation renders with match what the prompt builders pass."""
     from synth_disco.annotation.prompts import USER_TEMPLATE
     from synth_disco.discussion.prompts import builtin_template
-    from synth_disco.recipe_load import check_template, template_environment
+    from synth_disco.recipe.templates import check_template, template_environment
 
     env = template_environment()
     assert check_template(env, builtin_template("system.j2"), "system") is None

@@ -34,7 +34,8 @@ from .dataset import (
     used_pools,
 )
 from .figures import draw_figures
-from .recipe import FileRef, Recipe, SourceSpec
+from .recipe.overrides import sets_under
+from .recipe.schema import FileRef, Recipe, SourceSpec
 from .store import atomic_write_text
 
 CARD_BEGIN = "<!-- synth-disco:begin -->"
@@ -338,7 +339,7 @@ def _sources(recipe: Recipe, dataset_dir: Path, manifest: Mapping[str, Any], sta
 
 
 def _builtin_template(name: str) -> str | None:
-    path = importlib.resources.files("synth_disco") / "templates" / f"{name}.j2"
+    path = importlib.resources.files("synth_disco") / "discussion" / "templates" / f"{name}.j2"
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
@@ -370,7 +371,9 @@ def _prompts(recipe: Recipe) -> list[dict[str, str]]:
             }
         )
     elif any(
-        "moderator" in json.dumps(p) for levels in recipe.factors.values() for p in levels.values()
+        sets_under(p, ("discussion", "moderator"))
+        for levels in recipe.factors.values()
+        for p in levels.values()
     ):
         blocks.append(
             {
@@ -560,7 +563,12 @@ def card_context(
         "stats": stats,
         "configs": configs,
         "factors": [{"name": f, "levels": list(levels)} for f, levels in recipe.factors.items()],
-        "has_moderator": d.moderator is not None or "moderator" in patches,
+        "has_moderator": d.moderator is not None
+        or any(
+            sets_under(p, ("discussion", "moderator"))
+            for levels in recipe.factors.values()
+            for p in levels.values()
+        ),
         "design": {
             "mode": recipe.design.mode,
             "replicates": recipe.replicates,

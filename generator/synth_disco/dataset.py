@@ -41,7 +41,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from . import tables
-from .recipe import Recipe
+from .recipe.overrides import patch_leaves
+from .recipe.schema import Recipe
 from .store import RunStore, fsync_dir, sha256_file
 
 SPLIT = "train"
@@ -143,15 +144,6 @@ def portable_recipe(raw: Any, key: str = "") -> Any:
     return raw
 
 
-def _dotted(patch: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in patch.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _dotted(value, path + ".")
-        else:
-            yield path, value
-
-
 def used_pools(recipe: Recipe) -> dict[str, str]:
     """Persona pools the run draws from -> what for ("participants" / "annotators"), including
     pools that only some factor levels switch to."""
@@ -160,10 +152,10 @@ def used_pools(recipe: Recipe) -> dict[str, str]:
         pools.setdefault(recipe.annotation.annotators.pool, "annotators")
     for levels in recipe.factors.values():
         for patch in levels.values():
-            for path, value in _dotted(patch):
-                if path == "discussion.persona_pool" and isinstance(value, str):
+            for path, value in patch_leaves(patch):
+                if path == ("discussion", "persona_pool") and isinstance(value, str):
                     pools.setdefault(value, "participants")
-                elif path == "annotation.annotators.pool" and isinstance(value, str):
+                elif path == ("annotation", "annotators", "pool") and isinstance(value, str):
                     pools.setdefault(value, "annotators")
     return pools
 

@@ -22,14 +22,14 @@ from typing import Any, Literal
 import yaml
 
 from synth_disco import __version__
-from synth_disco.design import plan as make_plan
-from synth_disco.design import write_plan
+from synth_disco.design.plan import plan as make_plan
+from synth_disco.design.plan import write_plan
 from synth_disco.engines import load_engine
 from synth_disco.engines.base import Engine
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
-from synth_disco.recipe import ModelConfig
-from synth_disco.recipe_load import LoadedRecipe, load_recipe
+from synth_disco.recipe.load import LoadedRecipe, load_recipe
+from synth_disco.recipe.schema import ModelConfig
 from synth_disco.runner import LOAD_FIELDS, DiscussionRunner, StageResult
 from synth_disco.store import RunStore, StoreError
 

@@ -24,7 +24,7 @@ from jinja2 import StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from synth_disco.annotation.tasks import Task
-from synth_disco.recipe import AnnotationConfig, Dimension
+from synth_disco.recipe.schema import AnnotationConfig, Dimension
 
 BASE_INSTRUCTIONS = (
     "You annotate comments from an online discussion for a research dataset. Each request "

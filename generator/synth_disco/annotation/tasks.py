@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from synth_disco import tables
-from synth_disco.recipe import AnnotationConfig
+from synth_disco.recipe.schema import AnnotationConfig
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
 
