@@ -79,7 +79,6 @@ class Plan:
         self.seed = recipe.seed
         self.factors = loaded.factor_levels()
         self.cells: list[Cell] = make_cells(loaded)
-        self._by_id = {c.id: c for c in self.cells}
         self._variants = [
             [(name, v.share, v.instructions) for name, v in c.recipe.discussion.variants.items()]
             for c in self.cells
@@ -107,9 +106,6 @@ class Plan:
     @property
     def fingerprint(self) -> str:
         return self.loaded.fingerprint
-
-    def cell(self, cell_id: str) -> Cell:
-        return self._by_id[cell_id]
 
     def shard_range(self, shard: int) -> range:
         if not 0 <= shard < self.n_shards:

@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from synth_disco import tables
 from synth_disco.errors import SourceError
 from synth_disco.recipe.checker import Checker
-from synth_disco.recipe.factorial import cell_base, cell_patches, n_full_factorial, select_cells
+from synth_disco.recipe.factorial import (
+    cell_base,
+    cell_patches,
+    factor_levels,
+    n_full_factorial,
+    select_cells,
+)
 from synth_disco.recipe.overrides import KeyPath, apply_patches, dotted, overlaps, parse_key
 from synth_disco.recipe.schema import (
     DEFAULT_VARIANT,
@@ -270,11 +276,6 @@ def _add_cell(ck: Checker, recipe: Recipe, levels: dict[str, str], kp: KeyPath, 
                 ck.add_at(mp, dotted(mp), f"{msg} (when factor {f!r} is {level!r})")
                 return
     ck.add(kp, msg)
-
-
-def factor_levels(recipe: Recipe) -> dict[str, list[str]]:
-    """Factor -> its level names, in recipe order."""
-    return {f: list(levels) for f, levels in recipe.factors.items()}
 
 
 def _get(d: Any, *keys: str, default: Any = None) -> Any:

@@ -16,6 +16,11 @@ from synth_disco.recipe.schema import DesignConfig, Recipe
 from synth_disco.seeds import derive_seed
 
 
+def factor_levels(recipe: Recipe) -> dict[str, list[str]]:
+    """Factor -> its level names, in recipe order."""
+    return {f: list(levels) for f, levels in recipe.factors.items()}
+
+
 def n_full_factorial(factors: dict[str, list[str]]) -> int:
     """How many cells every combination of levels makes (1 without factors)."""
     return math.prod(len(levels) for levels in factors.values()) if factors else 1

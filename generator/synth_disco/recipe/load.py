@@ -30,7 +30,7 @@ from synth_disco.recipe.checks import (
     patch_items,
     references,
 )
-from synth_disco.recipe.factorial import cell_patches, cell_recipe
+from synth_disco.recipe.factorial import cell_patches, cell_recipe, factor_levels
 from synth_disco.recipe.overrides import KeyPath, parse_override, set_path
 from synth_disco.recipe.schema import Recipe
 from synth_disco.recipe.schema_walk import schema_types
@@ -84,7 +84,7 @@ class LoadedRecipe:
 
     def factor_levels(self) -> dict[str, list[str]]:
         """Factor -> its level names, in recipe order."""
-        return {f: list(levels) for f, levels in self.recipe.factors.items()}
+        return factor_levels(self.recipe)
 
     def cell_recipe(self, levels: dict[str, str]) -> Recipe:
         """The recipe of one cell: the base config with its factor levels' patches applied.
