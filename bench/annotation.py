@@ -129,7 +129,7 @@ def stage(engine, cfg, comments, annotators, max_batch: int) -> tuple[float, int
     """The annotate stage on a fresh run directory: seconds and labels given."""
     import pyarrow.parquet as pq
 
-    from synth_disco.annotation import run_annotation_stage
+    from synth_disco.annotation.stage import run_annotation_stage
     from synth_disco.annotation.tasks import comments_table
     from synth_disco.store.run_dir import RunStore
 
@@ -164,9 +164,10 @@ def main() -> None:
 
     import torch
 
-    from synth_disco.annotation import PromptBuilder, build_tasks
+    from synth_disco.annotation.prompts import PromptBuilder
+    from synth_disco.annotation.tasks import build_tasks
     from synth_disco.engines import load_engine
-    from synth_disco.recipe import AnnotationConfig, ModelConfig
+    from synth_disco.recipe.schema import AnnotationConfig, ModelConfig
     from synth_disco.records import Persona
 
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Assembly streams: its peak memory must not grow with the size of the dataset.
 
 Writes synthetic finished shards (through ``RunStore.finish_shard``, with the schemas of
-``tables.py``) for each size into a temporary run directory, then assembles each run in a fresh
+``schemas.py``) for each size into a temporary run directory, then assembles each run in a fresh
 subprocess and reports its wall time and peak resident memory::
 
     python bench/assemble_scale.py                       # 10k and 100k discussions, 8 comments each
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from synth_disco.recipe import Recipe
+from synth_disco.recipe.schema import Recipe
 from synth_disco.records import Persona
 from synth_disco.store import schemas
 from synth_disco.store.run_dir import RunStore

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from synth_disco.engines import ChatRequest, SamplingParams, TransformersEngine
+from synth_disco.engines.base import ChatRequest, SamplingParams
+from synth_disco.engines.hf import TransformersEngine
 from synth_disco.engines.tiny import ensure_tiny_model
 
 

@@ -99,8 +99,10 @@ def _corpus_words() -> list[str]:
 
     text = " ".join(
         [
-            (files("synth_disco") / "templates" / "system.j2").read_text(encoding="utf-8"),
-            (files("synth_disco") / "templates" / "turn.j2").read_text(encoding="utf-8"),
+            (files("synth_disco.discussion") / "templates" / "system.j2").read_text(
+                encoding="utf-8"
+            ),
+            (files("synth_disco.discussion") / "templates" / "turn.j2").read_text(encoding="utf-8"),
             CONTEXT,
             INSTRUCTIONS,
             FIRST_NAMES,
@@ -281,7 +283,7 @@ def annotate(store: Any, engine: Any, seed: int, layout: str) -> int:
 
     The labels go to a store of their own under ``store``'s directory (one per layout)."""
     from synth_disco.annotation.stage import run_annotation_stage
-    from synth_disco.recipe import AnnotationConfig
+    from synth_disco.recipe.schema import AnnotationConfig
     from synth_disco.records import Persona
     from synth_disco.store.run_dir import RunStore
 

@@ -60,8 +60,8 @@ def write_inputs(n: int) -> Path:
 
 def child(d: Path) -> None:
     """Run in the subprocess: time each step, print one JSON line."""
-    from synth_disco.design import plan, write_plan
-    from synth_disco.recipe_load import load_recipe
+    from synth_disco.design.plan import plan, write_plan
+    from synth_disco.recipe.load import load_recipe
 
     t0 = time.perf_counter()
     loaded = load_recipe(d / "recipe.yaml")

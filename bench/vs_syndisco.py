@@ -263,7 +263,7 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
     from synth_disco.annotation.stage import run_annotation_stage
     from synth_disco.discussion.stage import DiscussionRunner
     from synth_disco.engines.hf import TransformersEngine
-    from synth_disco.recipe import AnnotationConfig
+    from synth_disco.recipe.schema import AnnotationConfig
     from synth_disco.records import Persona
     from synth_disco.store.run_dir import RunStore
 

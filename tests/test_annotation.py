@@ -17,20 +17,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synth_disco.annotation import (
+from synth_disco.annotation import aggregate
+from synth_disco.annotation.aggregate import write_aggregates
+from synth_disco.annotation.existing import annotate_existing
+from synth_disco.annotation.parse import parse_answer
+from synth_disco.annotation.prompts import PromptBuilder
+from synth_disco.annotation.stage import run_annotation_stage
+from synth_disco.annotation.syndisco_import import read_syndisco_dir
+from synth_disco.annotation.tasks import (
     AnnotationError,
-    PromptBuilder,
-    aggregate,
-    annotate_existing,
+    assign_annotators,
     build_tasks,
-    parse_answer,
-    read_syndisco_dir,
-    run_annotation_stage,
-    write_aggregates,
+    comments_table,
 )
-from synth_disco.annotation.tasks import assign_annotators, comments_table
 from synth_disco.engines.base import ChatRequest, Completion, LabelScores, ScoreRequest
-from synth_disco.recipe import AnnotationConfig, Recipe
+from synth_disco.recipe.schema import AnnotationConfig, Recipe
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
 from synth_disco.store import schemas
@@ -790,7 +791,7 @@ def test_annotate_existing_rejects_unknown_input(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_engine():
     from synth_disco.engines import load_engine
-    from synth_disco.recipe import ModelConfig
+    from synth_disco.recipe.schema import ModelConfig
 
     engine = load_engine(ModelConfig(engine="tiny", model="tiny"))
     yield engine

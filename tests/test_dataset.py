@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synth_disco.dataset import AssembleError, assemble, read_manifest, used_pools
-from synth_disco.recipe import Recipe
+from synth_disco.recipe.schema import Recipe
 from synth_disco.records import Persona
 from synth_disco.store import schemas
 from synth_disco.store.run_dir import RunStore

@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
-from synth_disco.design import cell_id, plan, select_cells, write_plan
-from synth_disco.recipe import DesignConfig
-from synth_disco.recipe_load import load_recipe
+from synth_disco.cli import main
+from synth_disco.design.cells import cell_id
+from synth_disco.design.plan import plan, write_plan
+from synth_disco.recipe.factorial import select_cells
+from synth_disco.recipe.load import load_recipe
+from synth_disco.recipe.schema import DesignConfig
 from synth_disco.seeds import derive_seed
 
 RECIPE = """\
@@ -224,9 +228,37 @@ def test_summary_upper_bounds(recipe: Path) -> None:
     s = plan(load_recipe(recipe)).summary()
     assert (s.n_cells, s.n_discussions, s.participants) == (4, 24, (4, 4))
     assert s.turns == 24 * 6
-    assert s.moderator_calls == 12 * (6 // 2)  # strict cells: every 2nd turn
+    # strict cells: after every 2nd turn, but not after the last one (turns 2 and 4 of 6)
+    assert s.moderator_calls == 12 * 2
     assert s.annotation_calls == 0
     # rw cells use the 50-token model, rr cells the 10-token one; moderators the cell's model
-    per_rep = (6 * 10) + (6 * 50) + (6 * 10 + 3 * 10) + (6 * 50 + 3 * 50)
+    per_rep = (6 * 10) + (6 * 50) + (6 * 10 + 2 * 10) + (6 * 50 + 2 * 50)
     assert s.generated_tokens == 6 * per_rep
-    assert s.calls_with_retries == (24 * 6 + 12 * 3) * 3  # max_empty_retries defaults to 2
+    assert s.calls_with_retries == (24 * 6 + 12 * 2) * 3  # max_empty_retries defaults to 2
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
+
+
+def test_estimated_calls_are_the_calls_a_build_makes(tmp_path: Path) -> None:
+    """Issue 12, defect 5: the moderator does not speak after the last turn, and the plan
+    counted it (4 turns, every 2nd: 1 moderator call, not 2; after each: 3, not 4)."""
+    overrides = [
+        "annotation=null",
+        "discussion.turns=4",
+        "factors={moderation: {"
+        "every_k: {discussion.moderator: {policy: every_k, k: 2}}, "
+        "after_each: {discussion.moderator: {policy: after_each}}}}",
+    ]
+    summary = plan(load_recipe(SMOKE, overrides)).summary()
+    assert summary.n_discussions == 4
+    assert summary.moderator_calls == 2 * (1 + 3)
+
+    args = [x for o in overrides for x in ("--set", o)]
+    result = CliRunner().invoke(main, ["build", str(SMOKE), "--out", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    comments = pq.read_table(tmp_path / "dataset" / "data" / "comments").to_pylist()
+    generated = [c for c in comments if c["role"] in ("user", "moderator")]
+    assert all(c["attempts"] == 1 for c in generated)  # no retries: each comment is one call
+    assert len(generated) == summary.discussion_calls + summary.moderator_calls
+    assert sum(c["role"] == "moderator" for c in generated) == summary.moderator_calls

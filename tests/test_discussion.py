@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from fakes import FakeEngine, make_spec, run_alone
 from synth_disco.discussion.cleaning import clean_reply
 from synth_disco.discussion.policies import Node, next_turn
+from synth_disco.discussion.prompts import builtin_template, templates_for, templates_used
 from synth_disco.discussion.state import DiscussionState
-from synth_disco.recipe import TurnTaking
+from synth_disco.recipe.load import load_recipe
+from synth_disco.recipe.schema import DiscussionConfig, TurnTaking
+from synth_disco.recipe.templates import sample_context
 
+SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
 SPEAKERS = ["ana", "ben", "cai", "dee"]
 
 
@@ -188,3 +193,68 @@ def test_replay_rebuilds_the_same_state():
 )
 def test_cleaning(raw, clean):
     assert clean_reply(raw, "ana", ["ben", "cai"]) == clean
+
+
+def _system_prompts(engine: FakeEngine) -> dict[str, list[str]]:
+    """The system messages the engine was sent, by speaker role (from the request ids)."""
+    out: dict[str, list[str]] = {"user": [], "moderator": []}
+    for batch in engine.calls:
+        for r in batch:
+            slot = r.id.split("/")[1]
+            out["moderator" if slot.startswith("m") else "user"].append(r.messages[0]["content"])
+    return out
+
+
+def test_moderator_system_template_is_the_moderators_system_prompt():
+    """Issue 12, defect 1: ``discussion.templates.moderator_system`` was accepted and never used."""
+    mod = {"name": "Mod", "instructions": "Keep it civil.", "policy": "every_k", "k": 2}
+    templates = {"moderator_system": "You moderate this forum. {{ context }}"}
+    engine = FakeEngine()
+    spec = make_spec(turns=4, moderator=mod, extra={"templates": templates, "context": "Be kind."})
+    run_alone(spec, engine)
+    prompts = _system_prompts(engine)
+    assert prompts["moderator"] == ["You moderate this forum. Be kind."]
+    assert len(prompts["user"]) == 4
+    assert all(p.startswith("You are taking part in an online discussion") for p in prompts["user"])
+
+
+def test_without_moderator_system_the_moderator_gets_the_system_template_in_use():
+    mod = {"name": "Mod", "policy": "after_each"}
+    engine = FakeEngine()
+    spec = make_spec(
+        turns=3, moderator=mod, extra={"templates": {"system": "Rules: {{ context }}"}}
+    )
+    run_alone(spec, engine)
+    prompts = _system_prompts(engine)
+    assert prompts["moderator"] == ["Rules:"] * 2
+    assert prompts["user"] == ["Rules:"] * 3
+
+
+def test_templates_used_are_the_texts_discussions_render():
+    system, turn = builtin_template("system.j2"), builtin_template("turn.j2")
+    assert templates_for(DiscussionConfig()) == {"system": system, "turn": turn}
+    # smoke.yaml: only the `every_k` level of a factor adds a moderator.
+    smoke = load_recipe(SMOKE).recipe
+    assert templates_used(smoke) == {"system": system, "turn": turn, "moderator_system": system}
+    custom = load_recipe(
+        SMOKE, ["discussion.templates.moderator_system=Moderate. {{ context }}"]
+    ).recipe
+    assert templates_used(custom)["moderator_system"] == "Moderate. {{ context }}"
+    # What a discussion of the recipe renders from is what templates_used says.
+    state = DiscussionState(make_spec(moderator={"name": "Mod"}))
+    assert state._templates == {"system": system, "turn": turn, "moderator_system": system}
+
+
+def test_template_checks_know_every_variable_the_prompts_pass():
+    """A template naming every variable of the validation's sample context renders in a
+    discussion (the checker and the prompt builder agree on the names)."""
+
+    def naming_all(kind: str) -> str:
+        return " ".join("{{ " + name + " is defined }}" for name in sample_context(kind))
+
+    templates = {kind: naming_all(kind) for kind in ("system", "turn", "moderator_system")}
+    mod = {"name": "Mod", "policy": "on_demand"}
+    engine = FakeEngine()
+    run_alone(make_spec(turns=2, moderator=mod, extra={"templates": templates}), engine)
+    texts = [m["content"] for batch in engine.calls for r in batch for m in r.messages]
+    assert texts and all(set(t.split()) == {"True"} for t in texts)

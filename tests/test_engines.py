@@ -10,16 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from synth_disco.engines import (
-    ChatRequest,
-    EngineLoadError,
-    SamplingParams,
-    ScoreRequest,
-    TransformersEngine,
-    load_engine,
-    sampling_params_from,
-    tiny_seed,
-)
+from synth_disco.engines import load_engine, sampling_params_from, tiny_seed
+from synth_disco.engines.base import ChatRequest, SamplingParams, ScoreRequest
+from synth_disco.engines.errors import EngineLoadError
+from synth_disco.engines.hf import TransformersEngine
 from synth_disco.engines.prefix_cache import PrefixStore
 from synth_disco.engines.sampling import SeededSampler
 from synth_disco.engines.tiny import ensure_tiny_model

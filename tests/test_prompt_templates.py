@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakes import FakeEngine
-
 from synth_disco.annotation.prompts import PromptBuilder, builtin_template, templates_used
 from synth_disco.pipeline.build import build
 
@@ -40,11 +39,13 @@ def test_recipe_annotation_template_reaches_the_annotator(tmp_path):
 def test_without_override_the_builtin_window_template_is_used(tmp_path):
     engine = RecordingEngine()
     build(SMOKE, ["annotation.layout=window"], out=tmp_path / "run", engine_loader=lambda c: engine)
-    assert all(">>>>> TARGET COMMENT TO ANNOTATE" in r.messages[-1]["content"] for r in engine.scored)
+    assert all(
+        ">>>>> TARGET COMMENT TO ANNOTATE" in r.messages[-1]["content"] for r in engine.scored
+    )
 
 
 def test_templates_used_names_exactly_the_rendered_sources():
-    from synth_disco.recipe import AnnotationConfig
+    from synth_disco.recipe.schema import AnnotationConfig
 
     base = {"annotators": {"pool": "a"}, "dimensions": {"t": {"scale": [1, 2]}}}
     window = AnnotationConfig.model_validate({**base, "layout": "window"})

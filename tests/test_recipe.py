@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from synth_disco.cli import main
 from synth_disco.errors import Problem, RecipeError
-from synth_disco.recipe_load import load_recipe
+from synth_disco.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -358,7 +358,7 @@ def test_builtin_prompt_templates_pass_the_template_check() -> None:
     """The sample contexts validation renders with match what the prompt builders pass."""
     from synth_disco.annotation.prompts import USER_TEMPLATE
     from synth_disco.discussion.prompts import builtin_template
-    from synth_disco.recipe_load import check_template, template_environment
+    from synth_disco.recipe.templates import check_template, template_environment
 
     env = template_environment()
     assert check_template(env, builtin_template("system.j2"), "system") is None
@@ -471,3 +471,54 @@ def test_recipe_can_live_in_a_copied_folder(tmp_path: Path) -> None:
     a = load_recipe(tmp_path / "recipes" / "quickstart.yaml")
     b = load_recipe(REPO / "recipes" / "quickstart.yaml")
     assert a.fingerprint == b.fingerprint
+
+
+def _column_names() -> list[str]:
+    from synth_disco.store import schemas
+
+    names = [*schemas.discussions_schema([]).names, *schemas.plan_schema([]).names]
+    return list(dict.fromkeys(names))
+
+
+@pytest.mark.parametrize("name", ["turns", "generation", "error", "model_revision"])
+def test_factor_named_like_a_discussions_column_is_refused_at_its_line(
+    tmp_path: Path, name: str
+) -> None:
+    """Issue 12, defect 2: these passed validate and plan, then failed at assembly."""
+    recipe = write_study(tmp_path / "s", with_lines(l19=f"  {name}:"))
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert f"recipe.yaml:19:3: factors.{name}: '{name}' is a column" in result.stderr
+
+
+@pytest.mark.parametrize("name", _column_names())
+def test_every_column_a_factor_joins_is_reserved(tmp_path: Path, name: str) -> None:
+    """Factors become columns of plan.parquet and of the discussions table: every other column
+    of theirs (read from the table schemas, not a copy) is refused as a factor name."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_study(tmp_path / "s", with_lines(l19=f"  {name}:")))
+    (problem,) = [p for p in err.value.problems if p.key_path == f"factors.{name}"]
+    assert (problem.line, problem.column) == (19, 3)
+    assert "column" in problem.message
+
+
+def test_key_paths_take_list_items_with_dots_or_brackets(study: Path) -> None:
+    from synth_disco.recipe.overrides import dotted, parse_key
+
+    assert parse_key("posts.inline[0].text") == ("posts", "inline", 0, "text")
+    assert parse_key("posts.inline.0.text") == ("posts", "inline", 0, "text")
+    assert parse_key("models.m2.stop[1]") == ("models", "m2", "stop", 1)
+    assert dotted(parse_key("a.b[2][3].c")) == "a.b.2.3.c"
+    for bad in ("a..b", ".a", "a."):
+        with pytest.raises(ValueError, match="not a dotted key path"):
+            parse_key(bad)
+    loaded = load_recipe(study, ["posts=[first, second]", "posts[1]=changed"])
+    assert [p.op.text for p in loaded.posts()] == ["first", "changed"]
+
+
+def test_an_unreadable_factor_patch_key_is_reported(tmp_path: Path) -> None:
+    recipe = write_study(tmp_path / "s", with_lines(l22="      discussion..k: 2"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    (problem,) = [p for p in err.value.problems if p.line == 22]
+    assert "not a dotted key path" in problem.message

@@ -129,7 +129,7 @@ def tiny_specs(temperature: float, n: int = 6):
 @pytest.fixture(scope="module")
 def tiny_engine():
     from synth_disco.engines import load_engine
-    from synth_disco.recipe import ModelConfig
+    from synth_disco.recipe.schema import ModelConfig
 
     return load_engine(ModelConfig(engine="tiny", model="tiny"))
 

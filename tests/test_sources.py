@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from synth_disco.errors import SourceError
-from synth_disco.recipe import SourceSpec
-from synth_disco.sources import handle_for, load_personas, load_posts
+from synth_disco.recipe.schema import SourceSpec
+from synth_disco.recipe.sources import handle_for, load_personas, load_posts
 
 PEOPLE = [
     {"id": "p1", "name": "Ada", "age": 34, "job": "pilot", "region": "north", "w": 1},

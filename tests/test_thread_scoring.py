@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from synth_disco.engines import TransformersEngine
 from synth_disco.engines.base import ThreadQuestion, ThreadScoreRequest, score_threads_by_prompts
+from synth_disco.engines.hf import TransformersEngine
 from synth_disco.engines.tiny import ensure_tiny_model
 
 LABELS = ("1", "2", "3", "4", "5")

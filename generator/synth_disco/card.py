@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from synth_disco.recipe.schema import FileRef, Recipe, SourceSpec
 from synth_disco.store.files import atomic_write_text
 
 from .dataset import (
@@ -36,7 +37,7 @@ from .dataset import (
     used_pools,
 )
 from .figures import draw_figures
-from .recipe import FileRef, Recipe, SourceSpec
+from .recipe.overrides import sets_under
 
 CARD_BEGIN = "<!-- synth-disco:begin -->"
 CARD_END = "<!-- synth-disco:end -->"
@@ -339,7 +340,7 @@ def _sources(recipe: Recipe, dataset_dir: Path, manifest: Mapping[str, Any], sta
 
 
 def _builtin_template(name: str) -> str | None:
-    path = importlib.resources.files("synth_disco") / "templates" / f"{name}.j2"
+    path = importlib.resources.files("synth_disco") / "discussion" / "templates" / f"{name}.j2"
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
@@ -371,7 +372,9 @@ def _prompts(recipe: Recipe) -> list[dict[str, str]]:
             }
         )
     elif any(
-        "moderator" in json.dumps(p) for levels in recipe.factors.values() for p in levels.values()
+        sets_under(p, ("discussion", "moderator"))
+        for levels in recipe.factors.values()
+        for p in levels.values()
     ):
         blocks.append(
             {
@@ -561,7 +564,12 @@ def card_context(
         "stats": stats,
         "configs": configs,
         "factors": [{"name": f, "levels": list(levels)} for f, levels in recipe.factors.items()],
-        "has_moderator": d.moderator is not None or "moderator" in patches,
+        "has_moderator": d.moderator is not None
+        or any(
+            sets_under(p, ("discussion", "moderator"))
+            for levels in recipe.factors.values()
+            for p in levels.values()
+        ),
         "design": {
             "mode": recipe.design.mode,
             "replicates": recipe.replicates,

@@ -67,7 +67,7 @@ def recipe_argument(f: F) -> F:
 def load(recipe: Path, overrides: Sequence[str] = ()) -> Any:
     """Load and validate a recipe (raises RecipeError); returns a ``LoadedRecipe``.
     A directory stands for the ``recipe.yaml`` in it."""
-    from synth_disco.recipe_load import load_recipe
+    from synth_disco.recipe.load import load_recipe
 
     if recipe.is_dir():
         recipe = recipe / "recipe.yaml"
@@ -139,7 +139,7 @@ def init(directory: Path, force: bool) -> None:
 @cli_errors()
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check RECIPE and every file it uses; list every problem with its line."""
-    from synth_disco.design import plan as make_plan
+    from synth_disco.design.plan import plan as make_plan
 
     loaded = load(recipe, overrides)
     p = make_plan(loaded)
@@ -160,8 +160,8 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @cli_errors()
 def plan(recipe: Path, overrides: tuple[str, ...], output: Path | None) -> None:
     """Show the design of RECIPE: cells, discussions and the work they take."""
-    from synth_disco.design import plan as make_plan
-    from synth_disco.design import write_plan
+    from synth_disco.design.plan import plan as make_plan
+    from synth_disco.design.plan import write_plan
 
     loaded = load(recipe, overrides)
     p = make_plan(loaded)

@@ -40,11 +40,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from synth_disco.recipe.schema import Recipe
 from synth_disco.store import schemas
 from synth_disco.store.files import fsync_dir, sha256_file
 from synth_disco.store.run_dir import RunStore
 
-from .recipe import Recipe
+from .recipe.overrides import patch_leaves
 
 SPLIT = "train"
 CONFIGS = ("discussions", "comments", "annotations", "personas")
@@ -90,7 +91,7 @@ class AssembleError(RuntimeError):
 
 
 def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
-    """The arrow schema of every config, from ``tables.py``."""
+    """The arrow schema of every config, from ``schemas.py``."""
     discussions = schemas.discussions_schema(factors)
     clashes = sorted({n for n in discussions.names if discussions.names.count(n) > 1})
     if clashes:
@@ -145,15 +146,6 @@ def portable_recipe(raw: Any, key: str = "") -> Any:
     return raw
 
 
-def _dotted(patch: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in patch.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _dotted(value, path + ".")
-        else:
-            yield path, value
-
-
 def used_pools(recipe: Recipe) -> dict[str, str]:
     """Persona pools the run draws from -> what for ("participants" / "annotators"), including
     pools that only some factor levels switch to."""
@@ -162,10 +154,10 @@ def used_pools(recipe: Recipe) -> dict[str, str]:
         pools.setdefault(recipe.annotation.annotators.pool, "annotators")
     for levels in recipe.factors.values():
         for patch in levels.values():
-            for path, value in _dotted(patch):
-                if path == "discussion.persona_pool" and isinstance(value, str):
+            for path, value in patch_leaves(patch):
+                if path == ("discussion", "persona_pool") and isinstance(value, str):
                     pools.setdefault(value, "participants")
-                elif path == "annotation.annotators.pool" and isinstance(value, str):
+                elif path == ("annotation", "annotators", "pool") and isinstance(value, str):
                     pools.setdefault(value, "annotators")
     return pools
 

@@ -27,15 +27,6 @@ class Persona:
             "fields": [{"key": k, "value": v} for k, v in self.fields],
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Persona:
-        return cls(
-            id=d["id"],
-            name=d["name"],
-            description=d.get("description", ""),
-            fields=tuple((f["key"], f["value"]) for f in d.get("fields", [])),
-        )
-
 
 @dataclass(frozen=True)
 class SeedComment:
@@ -64,14 +55,6 @@ class Post:
             "comments": [{"author": c.author, "text": c.text} for c in self.comments],
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Post:
-        return cls(
-            id=d["id"],
-            title=d.get("title", ""),
-            comments=tuple(SeedComment(c["author"], c["text"]) for c in d["comments"]),
-        )
-
 
 @dataclass(frozen=True)
 class Participant:
@@ -89,15 +72,6 @@ class Participant:
             "variant": self.variant,
             "instructions": self.instructions,
         }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Participant:
-        return cls(
-            name=d["name"],
-            persona=Persona.from_dict(d["persona"]),
-            variant=d["variant"],
-            instructions=d["instructions"],
-        )
 
 
 @dataclass(frozen=True)
@@ -120,21 +94,6 @@ class DiscussionSpec:
         d["post"] = self.post.to_dict()
         d["participants"] = [p.to_dict() for p in self.participants]
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DiscussionSpec:
-        return cls(
-            discussion_id=d["discussion_id"],
-            index=d["index"],
-            cell_id=d["cell_id"],
-            cell=dict(d["cell"]),
-            replicate=d["replicate"],
-            seed=d["seed"],
-            shard=d["shard"],
-            post=Post.from_dict(d["post"]),
-            participants=tuple(Participant.from_dict(p) for p in d["participants"]),
-            config=d["config"],
-        )
 
 
 @dataclass(frozen=True)

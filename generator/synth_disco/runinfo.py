@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth_disco.progress import fmt_duration
+from synth_disco.recipe.schema import DEFAULT_VARIANT
 from synth_disco.store.run_dir import RunStore
 
 
@@ -148,7 +149,7 @@ def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
         tag = {"op": "OP", "seed": "seed", "moderator": "moderator"}.get(r["role"], "")
         variant = r.get("variant")
         extra = ", ".join(
-            x for x in (tag, variant if variant not in (None, "default") else "") if x
+            x for x in (tag, variant if variant not in (None, DEFAULT_VARIANT) else "") if x
         )
         head = f"[{r['index']}] {r['author']}" + (f" ({extra})" if extra else "")
         pad = "" if linear else "    " * level

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from synth_disco.annotation.agreement import krippendorff_alpha
 from synth_disco.annotation.tasks import STAGE
-from synth_disco.recipe import AnnotationConfig
+from synth_disco.recipe.schema import AnnotationConfig
 from synth_disco.store.files import atomic_write_parquet
 from synth_disco.store.run_dir import RunStore
 

@@ -25,7 +25,7 @@ from jinja2 import DictLoader, StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from synth_disco.annotation.tasks import Task
-from synth_disco.recipe import AnnotationConfig, Dimension
+from synth_disco.recipe.schema import AnnotationConfig, Dimension
 
 TEMPLATES = files("synth_disco.annotation") / "templates"
 

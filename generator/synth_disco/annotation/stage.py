@@ -33,7 +33,7 @@ from synth_disco.engines.base import (
 )
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
-from synth_disco.recipe import AnnotationConfig
+from synth_disco.recipe.schema import AnnotationConfig
 from synth_disco.records import Persona
 from synth_disco.seeds import derive_seed
 from synth_disco.store import schemas

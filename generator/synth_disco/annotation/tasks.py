@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from synth_disco.recipe import AnnotationConfig
+from synth_disco.recipe.schema import AnnotationConfig
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
 from synth_disco.store import schemas

@@ -1,1 +1,3 @@
-"""How one discussion unfolds: who speaks, what they see, how their reply is cleaned."""
+"""How one discussion unfolds: who speaks (``policies``), when the moderator does
+(``moderation``), what each speaker is shown (``prompts`` and ``templates/``), how a reply is
+cleaned (``cleaning``), and the state machine that runs it (``state``)."""

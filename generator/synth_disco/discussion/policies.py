@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synth_disco.recipe import TurnTaking
+from synth_disco.recipe.schema import TurnTaking
 from synth_disco.seeds import rng
 
 

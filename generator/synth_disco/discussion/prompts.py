@@ -1,5 +1,17 @@
 """Prompt building: natural text, rendered from sandboxed Jinja templates.
 
+Every discussion prompt is a template: the built-in ones are files in ``templates/`` next to
+this module, and a recipe may replace any of them under ``discussion.templates``:
+
+- ``system``: the system message of every participant turn;
+- ``moderator_system``: the system message of the moderator's turns (by default the ``system``
+  in use, so a recipe that rewrites the forum rules rewrites them for everyone);
+- ``turn``: the user message of every turn, the moderator's included (it has the speaker's
+  role, and ``on_demand`` when the moderator may decline with ``no_intervention``).
+
+``templates_for`` says which text each of them is for a discussion config, and is what the
+discussion renders from; ``templates_used`` gives the same for a recipe, for its card.
+
 The layout keeps the stable part first (forum rules in the system message, then the OP, then
 the transcript) and the speaker-specific part last, so prefix caches can reuse earlier turns.
 The OP and any seed comments are always shown; then the last ``context_window`` comments.
@@ -7,26 +19,63 @@ The OP and any seed comments are always shown; then the last ``context_window`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from jinja2 import StrictUndefined
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import Template
 
+from synth_disco.recipe.overrides import sets_under
+from synth_disco.recipe.schema import DiscussionConfig, Recipe
+from synth_disco.recipe.templates import template_environment
+
+# What an on_demand moderator answers when the discussion needs no intervention.
 NO_INTERVENTION = "NO INTERVENTION"
 
 
 @lru_cache(maxsize=8)
 def builtin_template(name: str) -> str:
-    return resources.files("synth_disco.templates").joinpath(name).read_text(encoding="utf-8")
+    """The text of a built-in template file (``system.j2``, ``turn.j2``)."""
+    path = resources.files("synth_disco.discussion") / "templates" / name
+    return path.read_text(encoding="utf-8")
+
+
+def templates_for(cfg: DiscussionConfig) -> dict[str, str]:
+    """Template name -> the exact source a discussion with ``cfg`` renders it from
+    (``moderator_system`` only when the discussion has a moderator)."""
+    custom = cfg.templates
+    system = _text(custom.system) or builtin_template("system.j2")
+    out = {"system": system, "turn": _text(custom.turn) or builtin_template("turn.j2")}
+    if cfg.moderator is not None:
+        out["moderator_system"] = _text(custom.moderator_system) or system
+    return out
+
+
+def templates_used(recipe: Recipe) -> dict[str, str]:
+    """Template name -> source, for the discussions of ``recipe``: its base config's templates,
+    with ``moderator_system`` as well when only some factor levels add a moderator. (Factor
+    levels that set ``discussion.templates`` themselves are shown by their patches.)"""
+    d = recipe.discussion
+    out = templates_for(d)
+    if "moderator_system" not in out and any(
+        sets_under(patch, ("discussion", "moderator"))
+        for levels in recipe.factors.values()
+        for patch in levels.values()
+    ):
+        out["moderator_system"] = _text(d.templates.moderator_system) or out["system"]
+    return out
+
+
+def _text(source: object) -> str | None:
+    # The loader has replaced {file: ...} references by their text.
+    return source if isinstance(source, str) and source else None
 
 
 @lru_cache(maxsize=64)
-def _compile(source: str):
-    env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
-    return env.from_string(source)
+def _compile(source: str) -> Template:
+    return template_environment().from_string(source)
 
 
 def render(source: str, **context: Any) -> str:
@@ -52,9 +101,8 @@ class Shown:
 
 
 def build_messages(
+    templates: Mapping[str, str],
     *,
-    system_template: str,
-    turn_template: str,
     context: str,
     title: str,
     op: Shown,
@@ -65,9 +113,11 @@ def build_messages(
     parent: Shown | None,
     on_demand: bool = False,
 ) -> list[dict[str, str]]:
-    system = render(system_template, context=context)
+    """The chat messages of one turn, rendered from ``templates`` (``templates_for``)."""
+    system_name = "moderator_system" if speaker.role == "moderator" else "system"
+    system = render(templates[system_name], context=context)
     user = render(
-        turn_template,
+        templates["turn"],
         title=title,
         op=op,
         seed_comments=seed_comments,
@@ -76,5 +126,6 @@ def build_messages(
         speaker=speaker,
         parent=parent,
         on_demand=on_demand,
+        no_intervention=NO_INTERVENTION,
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -21,7 +21,7 @@ from synth_disco.discussion.state import DiscussionState
 from synth_disco.engines.base import ChatRequest, Engine
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
-from synth_disco.recipe import ModelConfig
+from synth_disco.recipe.schema import ModelConfig
 from synth_disco.records import DiscussionSpec
 from synth_disco.store import schemas
 from synth_disco.store.journal import Journal

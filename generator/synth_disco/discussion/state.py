@@ -6,13 +6,9 @@ All state changes go through ``absorb(record)``, so replaying a discussion's jou
 rebuilds exactly the state the discussion had: resuming after a crash is replaying.
 
 Turn semantics:
-- ``discussion.turns`` counts participant comments; moderator comments come on top, except with
-  the ``as_participant`` policy, where the moderator is one of the speakers and its comments
-  count as turns.
-- ``every_k``: the moderator speaks after every k-th participant comment; ``after_each``: after
-  each; ``on_demand``: after each, the moderator is asked and may answer ``NO INTERVENTION``,
-  recorded as a ``no_intervention`` event, never as a comment. The discussion ends after the
-  last participant turn (a moderator does not close it).
+- Who speaks: the turn-taking policy (``policies.py``) picks each participant turn; when the
+  moderator speaks is stated in ``moderation.py``. Which prompt each speaker gets:
+  ``prompts.py``.
 - An empty reply (after cleaning) is retried with a new seed derived from the turn and the
   attempt, up to ``max_empty_retries``; then the turn is recorded as failed and the discussion
   ends with status ``failed``. An engine error (e.g. prompt too long) fails it at once.
@@ -25,16 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply, is_no_intervention
+from synth_disco.discussion.moderation import may_decline, speaks_after, takes_turns
 from synth_disco.discussion.policies import Node, next_turn
 from synth_disco.discussion.prompts import (
     NO_INTERVENTION,
     Shown,
     Speaker,
     build_messages,
-    builtin_template,
+    templates_for,
 )
 from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
-from synth_disco.recipe import DiscussionConfig, ModelConfig
+from synth_disco.recipe.schema import DiscussionConfig, ModelConfig
 from synth_disco.records import Comment, DiscussionSpec, Event
 from synth_disco.seeds import derive_seed
 
@@ -89,10 +86,9 @@ class DiscussionState:
         self._models = models
         self.participants = {p.name: p for p in spec.participants}
         self.speakers = list(self.participants)
-        if mod is not None and mod.policy == "as_participant":
+        if mod is not None and takes_turns(mod):
             self.speakers.append(mod.name)
-        self._system_t = self.cfg.templates.system or builtin_template("system.j2")
-        self._turn_t = self.cfg.templates.turn or builtin_template("turn.j2")
+        self._templates = templates_for(self.cfg)
 
         self.comments: list[Comment] = []
         self.events: list[Event] = []
@@ -155,7 +151,7 @@ class DiscussionState:
                 role="moderator",
                 speaker=mod.name,
                 parent_id=self.comments[-1].comment_id,
-                on_demand=mod.policy == "on_demand",
+                on_demand=may_decline(mod),
             )
         history = [Node(c.comment_id, c.author, c.parent_id) for c in self.comments]
         turn = next_turn(
@@ -197,8 +193,7 @@ class DiscussionState:
         parent = next(c for c in self.comments if c.comment_id == slot.parent_id)
         post = self.spec.post
         messages = build_messages(
-            system_template=self._system_t,
-            turn_template=self._turn_t,
+            self._templates,
             context=self.cfg.context,
             title=post.title,
             op=Shown(post.op.author, "op", post.op.text),
@@ -313,7 +308,7 @@ class DiscussionState:
             self.attempt = 0
             if record["slot"].startswith("t"):
                 self.user_turns += 1
-                self.mod_due = self._moderator_due()
+                self.mod_due = speaks_after(self.cfg, self.user_turns)
             else:
                 self.mod_due = False
         elif kind == "event":
@@ -334,14 +329,6 @@ class DiscussionState:
             self.round += 1
         else:
             raise ValueError(f"unknown journal record {kind!r}")
-
-    def _moderator_due(self) -> bool:
-        mod = self.cfg.moderator
-        if mod is None or mod.policy == "as_participant":
-            return False
-        if mod.policy == "every_k":
-            return self.user_turns % mod.k == 0
-        return True  # after_each, on_demand
 
     # -- output rows ---------------------------------------------------------------------------
     def discussion_row(self, factors: list[str]) -> dict[str, Any]:

@@ -24,16 +24,16 @@ from synth_disco import __version__
 from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.prompts import PromptBuilder, text_value
 from synth_disco.annotation.stage import run_annotation_stage
-from synth_disco.design import plan as make_plan
-from synth_disco.design import write_plan
+from synth_disco.design.plan import plan as make_plan
+from synth_disco.design.plan import write_plan
 from synth_disco.discussion.stage import LOAD_FIELDS, DiscussionRunner
 from synth_disco.engines import load_engine
 from synth_disco.engines.base import Engine
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.pipeline.world import World, detect_world
-from synth_disco.recipe import ModelConfig
-from synth_disco.recipe_load import LoadedRecipe, load_recipe
+from synth_disco.recipe.load import LoadedRecipe, load_recipe
+from synth_disco.recipe.schema import ModelConfig
 from synth_disco.store.run_dir import RunStore, StoreError
 from synth_disco.store.shards import StageResult
 

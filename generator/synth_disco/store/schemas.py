@@ -2,7 +2,8 @@
 
 The run store writes shards with these schemas and the dataset step turns them into
 ``datasets.Features``; keeping them here means a shard written today assembles tomorrow.
-Factor columns are per recipe, so the discussions schema is built from the factor names.
+Factor columns are per recipe, so the discussions and plan schemas are built from the factor
+names (and the recipe checker refuses factors named like one of their other columns).
 """
 
 from __future__ import annotations
@@ -74,6 +75,26 @@ def discussions_schema(factors: list[str]) -> pa.Schema:
             ("n_comments", pa.int32()),
             ("prompt_tokens", pa.int64()),
             ("completion_tokens", pa.int64()),
+        ]
+    )
+
+
+def plan_schema(factors: list[str]) -> pa.Schema:
+    """plan.parquet: one row per planned discussion; one string column per factor."""
+    return pa.schema(
+        [
+            ("discussion_id", pa.string()),
+            ("index", pa.int64()),
+            ("cell_id", pa.string()),
+            *[(f, pa.string()) for f in factors],
+            ("replicate", pa.int32()),
+            ("seed", pa.int64()),
+            ("shard", pa.int32()),
+            ("post_id", pa.string()),
+            ("participants", pa.list_(pa.string())),
+            ("variants", pa.list_(pa.string())),
+            ("n_participants", pa.int32()),
+            ("config_json", pa.string()),
         ]
     )
 

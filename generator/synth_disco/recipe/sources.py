@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from synth_disco.errors import SourceError
-from synth_disco.recipe import SourceSpec
+from synth_disco.recipe.schema import SourceSpec
 from synth_disco.records import Persona, Post, SeedComment
 from synth_disco.seeds import derive_seed
 

@@ -1,4 +1,4 @@
-"""The experiment design: factors -> cells -> discussion specs, with seeds and shards.
+"""The plan: cells x replicates -> discussion specs, with seeds and shards; plan.parquet.
 
 Plan order is replicate-major: discussion ``index = replicate * n_cells + cell_index``. So
 raising ``replicates`` only appends discussions; every earlier spec (id, seed, post,
@@ -18,25 +18,27 @@ or from a hash of the replicate seed (``variant_draws``), so plans are identical
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synth_disco.errors import Problem, RecipeError
-from synth_disco.recipe import DesignConfig, Range, Recipe
-from synth_disco.recipe_load import DEFAULT_VARIANT, LoadedRecipe
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synth_disco.design.cells import Cell, discussion_id, make_cells
+from synth_disco.design.estimate import PlanSummary, discussion_work
+from synth_disco.recipe.factorial import n_full_factorial
+from synth_disco.recipe.load import LoadedRecipe
+from synth_disco.recipe.schema import DEFAULT_VARIANT, Range, Recipe
 from synth_disco.records import DiscussionSpec, Participant, Persona, Post
 from synth_disco.seeds import derive_seed
+from synth_disco.store import schemas
 
 PLAN_BATCH_ROWS = 8192
-# Keys that shape the plan, not one discussion: left out of each spec's config so that a spec
-# does not change when, say, `replicates` is raised (the pools are in the spec itself).
-PLAN_ONLY_KEYS = frozenset({"personas", "posts", "factors", "design", "replicates"})
 
 
 _EIGHT_U64 = struct.Struct(">8Q")
@@ -55,57 +57,6 @@ def variant_draws(seed: int, n: int) -> list[float]:
     return out[:n]
 
 
-def cell_id(levels: dict[str, str]) -> str:
-    """A short id that depends only on the factor levels (not on their order or position)."""
-    if not levels:
-        return "base"
-    key = json.dumps(sorted(levels.items()), ensure_ascii=False, separators=(",", ":"))
-    return "c" + hashlib.sha256(key.encode()).hexdigest()[:10]
-
-
-def discussion_id(cell: str, replicate: int) -> str:
-    return f"{cell}-r{replicate:05d}"
-
-
-def select_cells(
-    factors: dict[str, list[str]], design: DesignConfig, seed: int
-) -> list[dict[str, str]]:
-    """The cells to run, in factorial order (last factor varies fastest).
-
-    ``full``: every combination. ``random``: a seeded subset of ``design.cells`` of them,
-    drawn without enumerating the full product (so very large factorials are fine).
-    """
-    names = list(factors)
-    sizes = [len(factors[f]) for f in names]
-    total = math.prod(sizes) if names else 1
-    if design.mode == "random" and design.cells is not None and design.cells < total:
-        rng = random.Random(derive_seed(seed, "design"))
-        picked = sorted(rng.sample(range(total), design.cells))
-    else:
-        picked = range(total)
-    out = []
-    for flat in picked:
-        levels: dict[str, str] = {}
-        rest = flat
-        for name, size in zip(reversed(names), reversed(sizes), strict=True):
-            rest, i = divmod(rest, size)
-            levels[name] = factors[name][i]
-        out.append({name: levels[name] for name in names})
-    return out
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One experimental condition: its factor levels and its validated recipe."""
-
-    index: int
-    id: str
-    levels: dict[str, str]
-    recipe: Recipe
-    config: dict[str, Any]  # the recipe as JSON (defaults filled), without PLAN_ONLY_KEYS
-    config_json: str
-
-
 @dataclass(frozen=True)
 class _Draw:
     cell: Cell
@@ -118,53 +69,6 @@ class _Draw:
     picks: list[int]  # per participant: index into the cell's variants, -1 for the default
 
 
-@dataclass(frozen=True)
-class PlanSummary:
-    """The design at a glance, with upper bounds on the work it takes."""
-
-    factors: dict[str, list[str]]
-    n_cells: int
-    n_full_factorial: int
-    replicates: int
-    n_discussions: int
-    participants: tuple[int, int]  # min, max per discussion
-    turns: int  # generated discussion turns, all discussions
-    discussion_calls: int
-    moderator_calls: int  # upper bound
-    annotation_calls: int  # upper bound
-    calls_with_retries: int  # upper bound if every call were retried as often as allowed
-    generated_tokens: int  # upper bound
-    n_shards: int
-    shard_size: int
-    fingerprint: str
-
-    @property
-    def llm_calls(self) -> int:
-        return self.discussion_calls + self.moderator_calls + self.annotation_calls
-
-    def lines(self) -> list[str]:
-        lo, hi = self.participants
-        factor_lines = [f"  {f}: {', '.join(levels)}" for f, levels in self.factors.items()]
-        cells = f"{self.n_cells:,}"
-        if self.n_cells != self.n_full_factorial:
-            cells += f" (random subset of {self.n_full_factorial:,})"
-        return [
-            "factors:" + ("" if factor_lines else " none"),
-            *factor_lines,
-            f"cells:                 {cells}",
-            f"replicates:            {self.replicates:,}",
-            f"discussions:           {self.n_discussions:,}",
-            f"participants each:     {lo}" + (f"-{hi}" if hi != lo else ""),
-            f"turns (total):         {self.turns:,}",
-            f"LLM calls (at most):   {self.llm_calls:,} ({self.discussion_calls:,} turns, "
-            f"{self.moderator_calls:,} moderator, {self.annotation_calls:,} annotation; "
-            f"{self.calls_with_retries:,} if every retry is used)",
-            f"generated tokens (at most): {self.generated_tokens:,}",
-            f"shards:                {self.n_shards:,} ({self.shard_size} discussions each)",
-            f"fingerprint:           {self.fingerprint[:12]}",
-        ]
-
-
 class Plan:
     """The discussions a recipe asks for; specs are made on demand, in plan order."""
 
@@ -174,34 +78,7 @@ class Plan:
         self.recipe = recipe
         self.seed = recipe.seed
         self.factors = loaded.factor_levels()
-        self.cells: list[Cell] = []
-        for i, levels in enumerate(select_cells(self.factors, recipe.design, recipe.seed)):
-            try:
-                cell_recipe = loaded.cell_recipe(levels)
-            except ValueError as e:  # (ValidationError too) only past MAX_CELLS_CHECKED cells
-                where = ", ".join(f"{f}={v}" for f, v in levels.items())
-                raise RecipeError(
-                    [Problem(loaded.display_path, None, None, "factors", f"cell {where}: {e}")]
-                ) from None
-            config = cell_recipe.model_dump(mode="json", exclude=PLAN_ONLY_KEYS)
-            self.cells.append(
-                Cell(
-                    index=i,
-                    id=cell_id(levels),
-                    levels=levels,
-                    recipe=cell_recipe,
-                    config=config,
-                    config_json=json.dumps(
-                        config, sort_keys=True, ensure_ascii=False, separators=(",", ":")
-                    ),
-                )
-            )
-        ids = [c.id for c in self.cells]
-        if len(set(ids)) != len(ids):  # 40-bit ids: only conceivable with ~1M cells
-            raise RecipeError(
-                [Problem(loaded.display_path, None, None, "factors", "two cells share an id")]
-            )
-        self._by_id = {c.id: c for c in self.cells}
+        self.cells: list[Cell] = make_cells(loaded)
         self._variants = [
             [(name, v.share, v.instructions) for name, v in c.recipe.discussion.variants.items()]
             for c in self.cells
@@ -229,9 +106,6 @@ class Plan:
     @property
     def fingerprint(self) -> str:
         return self.loaded.fingerprint
-
-    def cell(self, cell_id: str) -> Cell:
-        return self._by_id[cell_id]
 
     def shard_range(self, shard: int) -> range:
         if not 0 <= shard < self.n_shards:
@@ -353,58 +227,34 @@ class Plan:
     # -- summary ----------------------------------------------------------------------------
 
     def summary(self) -> PlanSummary:
+        """The design at a glance, with the work it takes (``estimate.py``)."""
         seeds_per_post = max((len(p.comments) for p in self._posts), default=1)
-        turns = disc_calls = mod_calls = ann_calls = retry_calls = tokens = 0
+        turns = mod_calls = ann_calls = retry_calls = tokens = 0
         lo, hi = math.inf, 0
         for cell in self.cells:
-            r = cell.recipe
-            d = r.discussion
-            reps = self.replicates
+            d = cell.recipe.discussion
             if isinstance(d.participants, Range):
                 lo, hi = min(lo, d.participants.min), max(hi, d.participants.max)
             else:
                 lo, hi = min(lo, d.participants), max(hi, d.participants)
-            m = d.moderator
-            if m is None or m.policy == "as_participant":
-                n_mod = 0  # a moderator taking turns as a participant speaks within `turns`
-            elif m.policy == "every_k":
-                n_mod = d.turns // m.k
-            else:  # after_each, on_demand: at most once after every turn
-                n_mod = d.turns
-            main = r.model_for(d.model)
-            mod_model = r.model_for(m.model or d.model) if m is not None else main
-            n_ann = ann_tokens = 0
-            a = r.annotation
-            if a is not None:
-                comments = d.turns + (n_mod if a.include_moderator else 0)
-                comments += seeds_per_post if a.include_seed else 0
-                per = a.annotators.per_comment
-                if per == "all":
-                    per = len(self.loaded.personas(a.annotators.pool))
-                n_ann = comments * per * len(a.dimensions)
-                if a.method == "generate":
-                    ann_tokens = n_ann * r.model_for(a.model or d.model).max_new_tokens
-            turns += reps * d.turns
-            disc_calls += reps * d.turns
-            mod_calls += reps * n_mod
-            ann_calls += reps * n_ann
-            retries = 1 + d.max_empty_retries
-            ann_retries = 1 + (a.max_retries if a is not None and a.method == "generate" else 0)
-            retry_calls += reps * ((d.turns + n_mod) * retries + n_ann * ann_retries)
-            tokens += reps * (
-                d.turns * main.max_new_tokens + n_mod * mod_model.max_new_tokens + ann_tokens
+            work = discussion_work(
+                cell.recipe, seeds_per_post, lambda pool: len(self.loaded.personas(pool))
             )
+            reps = self.replicates
+            turns += reps * work.turns
+            mod_calls += reps * work.moderator_calls
+            ann_calls += reps * work.annotation_calls
+            retry_calls += reps * work.calls_with_retries
+            tokens += reps * work.generated_tokens
         return PlanSummary(
             factors=self.factors,
             n_cells=self.n_cells,
-            n_full_factorial=math.prod(len(v) for v in self.factors.values())
-            if self.factors
-            else 1,
+            n_full_factorial=n_full_factorial(self.factors),
             replicates=self.replicates,
             n_discussions=self.n_discussions,
             participants=(int(lo) if self.cells else 0, hi),
             turns=turns,
-            discussion_calls=disc_calls,
+            discussion_calls=turns,
             moderator_calls=mod_calls,
             annotation_calls=ann_calls,
             calls_with_retries=retry_calls,
@@ -424,37 +274,19 @@ def plan(loaded: LoadedRecipe) -> Plan:
 # plan.parquet
 
 
-def plan_schema(factors: Sequence[str], fingerprint: str, recipe: Recipe) -> Any:
-    import pyarrow as pa
-
-    fields = [
-        pa.field("discussion_id", pa.string()),
-        pa.field("index", pa.int64()),
-        pa.field("cell_id", pa.string()),
-        *[pa.field(f, pa.string()) for f in factors],
-        pa.field("replicate", pa.int32()),
-        pa.field("seed", pa.int64()),
-        pa.field("shard", pa.int32()),
-        pa.field("post_id", pa.string()),
-        pa.field("participants", pa.list_(pa.string())),
-        pa.field("variants", pa.list_(pa.string())),
-        pa.field("n_participants", pa.int32()),
-        pa.field("config_json", pa.string()),
-    ]
+def plan_schema(factors: list[str], fingerprint: str, recipe: Recipe) -> pa.Schema:
+    """plan.parquet's schema (``schemas.plan_schema``) with the recipe it was planned from."""
     meta = {
         "synth_disco.fingerprint": fingerprint,
         "synth_disco.recipe": recipe.name,
         "synth_disco.recipe_version": recipe.version,
     }
-    return pa.schema(fields, metadata=meta)
+    return schemas.plan_schema(factors).with_metadata(meta)
 
 
 def write_plan(plan: Plan, path: str | Path, batch_rows: int = PLAN_BATCH_ROWS) -> Path:
     """Write one row per discussion to ``path`` (parquet), streaming in batches; the file
     appears only when complete (written to a temporary name, then renamed)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -1,14 +1,14 @@
 """The recipe schema: every key a recipe may hold, its type, default and meaning.
 
 Loading (YAML with line numbers, ``--set`` overrides, file references, error reports) lives in
-``recipe_load.py``; this module only says what a valid recipe is. Every model forbids unknown
+``load.py``; this module only says what a valid recipe is. Every model forbids unknown
 keys so a typo is an error, not a silently ignored setting.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -85,10 +85,6 @@ class SourceSpec(Strict):
         return self
 
 
-# A pool may be written as a bare list (inline) or a source mapping; the loader normalises.
-Source = SourceSpec
-
-
 class Range(Strict):
     min: int = Field(ge=1)
     max: int = Field(ge=1)
@@ -109,6 +105,10 @@ class TurnTaking(Strict):
     reply_to_op: float = Field(0.2, ge=0.0, le=1.0)  # reply_tree: weight of the OP as parent
 
 
+# The variant name of participants who drew no variant (so no variant may be called this).
+DEFAULT_VARIANT = "default"
+
+
 class Variant(Strict):
     """An instruction variant given to a share of participants (e.g. 30% trolls)."""
 
@@ -126,7 +126,12 @@ class ModeratorConfig(Strict):
 
 
 class Templates(Strict):
-    """Jinja templates overriding the built-in prompts (inline or {file: ...})."""
+    """Jinja templates overriding the built-in prompts (inline or {file: ...}).
+
+    ``system`` and ``turn`` are the system and user messages of every turn; the moderator's
+    system message is ``moderator_system``, and when that is not set, the ``system`` in use
+    (``discussion/prompts.py`` says which text each prompt is rendered from).
+    """
 
     system: Text | None = None
     turn: Text | None = None
@@ -273,8 +278,8 @@ class Recipe(Strict):
     license: str = "cc-by-4.0"
     seed: int = 0
     models: dict[str, ModelConfig]
-    personas: dict[str, Source]
-    posts: Source
+    personas: dict[str, SourceSpec]  # a pool may be written as a bare list; the loader normalises
+    posts: SourceSpec
     discussion: DiscussionConfig = Field(default_factory=DiscussionConfig)
     factors: dict[str, FactorLevels] = Field(default_factory=dict)
     design: DesignConfig = Field(default_factory=DesignConfig)
@@ -306,6 +311,3 @@ class Recipe(Strict):
 
     def model_for(self, name: str | None) -> ModelConfig:
         return self.models[name or next(iter(self.models))]
-
-
-Seedable = Annotated[int, Field(ge=0)]

@@ -1,0 +1,367 @@
+"""The checks a recipe passes before anything runs, beyond its schema.
+
+Factor names and patch keys, the size of the design, persona and post sources (they must load
+and not be empty), every cell (or every level, when there are very many cells) and the
+references inside each config: models and pools named must exist, participants and annotators
+must fit in their pools, templates must render. Each check reports through the ``Checker``,
+so every problem points at the line that caused it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from synth_disco.errors import SourceError
+from synth_disco.recipe.checker import Checker
+from synth_disco.recipe.factorial import (
+    cell_base,
+    cell_patches,
+    factor_levels,
+    n_full_factorial,
+    select_cells,
+)
+from synth_disco.recipe.overrides import KeyPath, apply_patches, dotted, overlaps, parse_key
+from synth_disco.recipe.schema import (
+    DEFAULT_VARIANT,
+    AnnotatorsConfig,
+    DiscussionConfig,
+    Recipe,
+    SourceSpec,
+)
+from synth_disco.recipe.schema_walk import field_names, schema_types, suggest
+from synth_disco.recipe.sources import load_personas, load_posts, source_files
+from synth_disco.recipe.templates import TEMPLATE_KINDS, check_template, template_environment
+from synth_disco.records import Persona, Post
+from synth_disco.store import schemas
+
+# Factors may change how discussions run and are annotated, not what they draw from.
+PATCHABLE = ("discussion", "models", "annotation")
+# Each factor becomes a column of plan.parquet and of the dataset's discussions table, so it
+# may not take the name of any of their other columns.
+RESERVED_COLUMNS = frozenset(schemas.plan_schema([]).names) | frozenset(
+    schemas.discussions_schema([]).names
+)
+# Validating every cell is exact but costs ~1 ms each; above this many cells, each factor
+# level is validated on its own against the base config instead.
+MAX_CELLS_CHECKED = 2000
+MAX_CELLS = 1_000_000
+
+
+def _patches(data: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(factor, level, patch) for every level patch written as a mapping."""
+    factors = data.get("factors")
+    if not isinstance(factors, dict):
+        return
+    for fname, levels in factors.items():
+        if not isinstance(levels, dict):
+            continue
+        for lname, patch in levels.items():
+            if isinstance(patch, dict):
+                yield fname, lname, patch
+
+
+def patch_items(data: dict[str, Any]) -> Iterator[tuple[str, str, str, KeyPath]]:
+    """(factor, level, patch key, key path) for every patch key that is a key path
+    (``check_patch_keys`` reports the others)."""
+    for fname, lname, patch in _patches(data):
+        for key in patch:
+            try:
+                yield fname, lname, key, parse_key(key)
+            except ValueError:
+                continue
+
+
+def check_patch_keys(ck: Checker, data: dict[str, Any]) -> set[tuple[str, str]]:
+    """Factor names and patch keys: each key must exist in the schema, in a patchable
+    section, and no two factors may set overlapping keys (their order would matter).
+    Returns the (factor, level) pairs with a bad key."""
+    bad: set[tuple[str, str]] = set()
+    factors = data.get("factors")
+    if not isinstance(factors, dict):
+        return bad  # the schema check reports the type
+    for fname, levels in factors.items():
+        fpath: KeyPath = ("factors", fname)
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", fname):
+            ck.add(
+                fpath, "factor names must be identifiers (letters, digits, '_'); they name columns"
+            )
+        elif fname in RESERVED_COLUMNS:
+            ck.add(fpath, f"{fname!r} is a column of every discussion; name the factor otherwise")
+        if isinstance(levels, dict) and not levels:
+            ck.add(fpath, "a factor needs at least one level")
+    for fname, lname, patch in _patches(data):
+        for key in patch:
+            try:
+                parse_key(key)
+            except ValueError as e:
+                bad.add((fname, lname))
+                ck.add(("factors", fname, lname, key), f"factor {fname!r} level {lname!r}: {e}")
+    owner: dict[KeyPath, str] = {}
+    for fname, lname, key, kp in patch_items(data):
+        mp: KeyPath = ("factors", fname, lname, key)
+        where = f"factor {fname!r} level {lname!r}"
+        if kp[0] not in PATCHABLE:
+            bad.add((fname, lname))
+            if kp[0] in Recipe.model_fields:
+                ck.add(
+                    mp,
+                    f"{where}: {key!r} is shared by all cells; factors may set keys under "
+                    f"{', '.join(PATCHABLE)}",
+                )
+            else:
+                hint = suggest(str(kp[0]), Recipe.model_fields)
+                ck.add(mp, f"{where}: {key!r} is not a recipe key{hint}")
+            continue
+        missing = next((n for n in range(1, len(kp) + 1) if not schema_types(kp[:n])), None)
+        if missing is not None:
+            bad.add((fname, lname))
+            hint = suggest(str(kp[missing - 1]), field_names(kp[: missing - 1]))
+            ck.add(
+                mp,
+                f"{where}: {key!r} is not a recipe key "
+                f"({dotted(kp[:missing])!r} does not exist{hint})",
+            )
+            continue
+        other = next((o for o, f in owner.items() if f != fname and overlaps(o, kp)), None)
+        if other is not None:
+            bad.add((fname, lname))
+            ck.add(
+                mp,
+                f"{where}: {key!r} is also set by factor {owner[other]!r}; "
+                "different factors must set different keys",
+            )
+            continue
+        owner.setdefault(kp, fname)
+    return bad
+
+
+def check_design(ck: Checker, r: Recipe) -> None:
+    """The design's size, and variant names that would clash with the default variant."""
+    n_full = n_full_factorial(factor_levels(r))
+    if r.design.mode == "random":
+        if r.design.cells is not None and r.design.cells > n_full:
+            ck.add(
+                ("design", "cells"),
+                f"{r.design.cells} cells asked for, but the factors make only {n_full}",
+            )
+    elif n_full > MAX_CELLS:
+        ck.add(
+            ("factors",),
+            f"the full factorial has {n_full:,} cells; use design: {{mode: random, cells: N}}",
+        )
+    for name in r.discussion.variants:
+        if name == DEFAULT_VARIANT:
+            ck.add(
+                ("discussion", "variants", name),
+                f"{DEFAULT_VARIANT!r} names the participants without a variant; pick another name",
+            )
+
+
+def check_sources(
+    ck: Checker, data: dict[str, Any]
+) -> tuple[dict[str, list[Persona]], list[Post] | None]:
+    """Load every source whose own settings are valid; report unreadable and empty ones."""
+    seed = data.get("seed") if isinstance(data.get("seed"), int) else 0
+    personas: dict[str, list[Persona]] = {}
+    pools = data.get("personas")
+    if isinstance(pools, dict):
+        for pool, value in pools.items():
+            got = _load_source(
+                ck,
+                ("personas", pool),
+                value,
+                lambda spec, p=pool: load_personas(spec, ck.base_dir, seed=seed, pool=p),
+                f"persona pool {pool!r}",
+            )
+            if got is not None:
+                personas[pool] = got
+    posts = None
+    if "posts" in data:
+        posts = _load_source(
+            ck,
+            ("posts",),
+            data["posts"],
+            lambda spec: load_posts(spec, ck.base_dir, seed=seed),
+            "posts",
+        )
+    return personas, posts
+
+
+def _load_source(ck: Checker, path: KeyPath, value: Any, load: Any, what: str) -> list[Any] | None:
+    try:
+        spec = SourceSpec.model_validate(value)
+    except ValidationError:
+        return None  # reported by the recipe's schema check
+    for f in source_files(spec, ck.base_dir):
+        ck.record_file(f)
+    try:
+        items = load(spec)
+    except SourceError as e:
+        ck.add((*path, e.key) if e.key else path, e.message)
+        return None
+    if not items:
+        ck.add(path, f"{what} is empty" + (" after `filter`" if spec.filter else ""))
+        return None
+    return items
+
+
+def check_levels_alone(ck: Checker, data: dict[str, Any], bad: set[tuple[str, str]]) -> None:
+    """With an invalid base, check each level's own patches (errors inside them only)."""
+    base = cell_base(data)
+    for fname, lname, patch in _patches(data):
+        if (fname, lname) in bad or not patch:
+            continue
+        try:
+            patched = apply_patches(base, patch.items())
+            Recipe.model_validate(patched)
+        except ValueError as e:
+            if not isinstance(e, ValidationError):
+                ck.add(("factors", fname, lname), str(e))
+                continue
+            for kp, msg in ck.pydantic_problems(e, patched):
+                for key in patch:
+                    pk = parse_key(key)
+                    if overlaps(pk, kp):
+                        mp: KeyPath = ("factors", fname, lname, key, *kp[len(pk) :])
+                        ck.add_at(mp, dotted(mp), f"{msg} (when factor {fname!r} is {lname!r})")
+                        break
+
+
+def check_cells(
+    ck: Checker,
+    recipe: Recipe,
+    raw: dict[str, Any],
+    pool_sizes: dict[str, int],
+    cell_recipe: Callable[[dict[str, str]], Recipe],
+    bad: set[tuple[str, str]],
+) -> None:
+    """Every cell (or every level, when there are very many cells) must validate, name
+    existing models and pools, fit its participants in its pool and render its templates.
+    ``cell_recipe(levels)`` makes a cell's recipe (``LoadedRecipe.cell_recipe``, which keeps
+    them for the plan); ``bad`` are the (factor, level) pairs already reported."""
+    factors = factor_levels(recipe)
+    cells = select_cells(factors, recipe.design, recipe.seed)
+    if len(cells) > MAX_CELLS_CHECKED:
+        cells = [{f: level} for f, levels in factors.items() for level in levels]
+    for levels in cells:
+        if any((f, level) in bad for f, level in levels.items()):
+            continue
+        try:
+            cell = cell_recipe(levels)
+        except ValidationError as e:
+            patched = apply_patches(cell_base(raw), cell_patches(recipe, levels))
+            for kp, msg in ck.pydantic_problems(e, patched):
+                _add_cell(ck, recipe, levels, kp, msg)
+            continue
+        except ValueError as e:  # a patch that cannot be applied (e.g. into a string)
+            ck.add(("factors",), f"cell {levels}: {e}")
+            continue
+        cfg = cell.model_dump(mode="python", exclude={"personas", "posts"})
+        cfg["personas"] = {name: {} for name in cell.personas}
+        for kp, msg in references(cfg, pool_sizes.get):
+            _add_cell(ck, recipe, levels, kp, msg)
+
+
+def _add_cell(ck: Checker, recipe: Recipe, levels: dict[str, str], kp: KeyPath, msg: str) -> None:
+    """Report a problem of a cell at the factor level patch that caused it, else at the base."""
+    for f, level in levels.items():
+        for key in recipe.factors[f][level]:
+            pk = parse_key(key)
+            if overlaps(pk, kp):
+                mp: KeyPath = ("factors", f, level, key, *kp[len(pk) :])
+                ck.add_at(mp, dotted(mp), f"{msg} (when factor {f!r} is {level!r})")
+                return
+    ck.add(kp, msg)
+
+
+def _get(d: Any, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or d.get(k) is None:
+            return default
+        d = d[k]
+    return d
+
+
+def references(cfg: dict[str, Any], pool_size: Any) -> list[tuple[KeyPath, str]]:
+    """Cross references and templates of one config (a cell's, or the raw base as far as it
+    goes): models and pools named must exist, participants and annotators must fit in their
+    pools, templates must render. ``pool_size(name)`` is None for a pool that did not load."""
+    out: list[tuple[KeyPath, str]] = []
+    models = list(cfg["models"]) if isinstance(cfg.get("models"), dict) else None
+    pools = list(cfg["personas"]) if isinstance(cfg.get("personas"), dict) else None
+    d = cfg.get("discussion") if isinstance(cfg.get("discussion"), dict) else {}
+
+    def model_ref(kp: KeyPath, name: Any) -> None:
+        if models is not None and isinstance(name, str) and name not in models:
+            out.append(
+                (
+                    kp,
+                    f"no model named {name!r}; models: {', '.join(models)}" + suggest(name, models),
+                )
+            )
+
+    def pool_ref(kp: KeyPath, name: Any) -> bool:
+        if pools is not None and isinstance(name, str) and name not in pools:
+            out.append(
+                (
+                    kp,
+                    f"no persona pool named {name!r}; pools: {', '.join(pools)}"
+                    + suggest(name, pools),
+                )
+            )
+            return False
+        return isinstance(name, str)
+
+    model_ref(("discussion", "model"), d.get("model"))
+    model_ref(("discussion", "moderator", "model"), _get(d, "moderator", "model"))
+    pool = d.get("persona_pool", DiscussionConfig.model_fields["persona_pool"].default)
+    if pool_ref(("discussion", "persona_pool"), pool):
+        size = pool_size(pool)
+        part = d.get("participants", DiscussionConfig.model_fields["participants"].default)
+        need = part.get("max") if isinstance(part, dict) else part
+        if size and isinstance(need, int) and need > size:
+            out.append(
+                (
+                    ("discussion", "participants"),
+                    f"{need} participants per discussion, but pool {pool!r} has only "
+                    f"{size} persona{'s' if size != 1 else ''} (nobody takes part twice)",
+                )
+            )
+    a = cfg.get("annotation")
+    if isinstance(a, dict):
+        model_ref(("annotation", "model"), a.get("model"))
+        apool = _get(a, "annotators", "pool", default=AnnotatorsConfig.model_fields["pool"].default)
+        if pool_ref(("annotation", "annotators", "pool"), apool):
+            per = _get(
+                a,
+                "annotators",
+                "per_comment",
+                default=AnnotatorsConfig.model_fields["per_comment"].default,
+            )
+            size = pool_size(apool)
+            if size and isinstance(per, int) and per > size:
+                out.append(
+                    (
+                        ("annotation", "annotators", "per_comment"),
+                        f"{per} annotators per comment, but pool {apool!r} has only {size}",
+                    )
+                )
+    env = template_environment()
+    templates = d.get("templates") if isinstance(d.get("templates"), dict) else {}
+    for kind in TEMPLATE_KINDS:
+        source = templates.get(kind)
+        if isinstance(source, str):
+            err = check_template(env, source, kind)
+            if err:
+                out.append((("discussion", "templates", kind), err))
+    for mname, m in (cfg.get("models") or {}).items() if models is not None else ():
+        source = m.get("chat_template") if isinstance(m, dict) else None
+        if isinstance(source, str):
+            err = check_template(env, source, "chat_template")
+            if err:
+                out.append((("models", mname, "chat_template"), err))
+    return out

@@ -1,0 +1,116 @@
+"""Prompt templates as recipes give them: the sandbox they render in, and the check that a
+recipe's template renders before a run relies on it.
+
+Every prompt is a sandboxed Jinja template in which an undefined name is an error (not an empty
+string). ``sample_context`` holds, for each kind of template a recipe may set, the variables the
+prompt builders pass, with sample values: a template that renders with them renders in a run,
+and one naming anything else is refused at validation time instead of failing mid-run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from synth_disco.recipe.schema_walk import suggest
+
+# The keys of ``discussion.templates``.
+TEMPLATE_KINDS = ("system", "turn", "moderator_system", "annotation")
+
+
+def sample_context(kind: str) -> dict[str, Any]:
+    """The variables a prompt template of ``kind`` is rendered with, with sample values.
+
+    These are what the prompt builders pass (``discussion/prompts.py`` for ``system``,
+    ``moderator_system`` and ``turn``; ``annotation/prompts.py`` for ``annotation``; tests
+    hold the two to the same names).
+    """
+    if kind in ("system", "moderator_system"):
+        return {"context": "A forum about local news."}
+    if kind == "turn":
+        op = {"author": "OP", "role": "op", "text": "The original post."}
+        reply = {"author": "amber_owl17", "role": "user", "text": "A first reply."}
+        return {
+            "title": "A sample thread",
+            "op": op,
+            "seed_comments": [{"author": "early_bird", "role": "seed", "text": "A seed reply."}],
+            "comments": [reply],
+            "omitted": 2,
+            "speaker": {
+                "name": "quiet_heron42",
+                "role": "user",
+                "persona": "Age: 41. Current employment: nurse.",
+                "instructions": "Write as this person would.",
+            },
+            "parent": reply,
+            "on_demand": False,
+            "no_intervention": "NO INTERVENTION",
+        }
+    if kind == "annotation":
+
+        def view(position: int, author: str, role: str, text: str) -> dict[str, Any]:
+            note = {"op": " (original post)", "moderator": " (moderator)"}.get(role, "")
+            return {
+                "position": position,
+                "author": author,
+                "role": role,
+                "role_note": note,
+                "text": text,
+            }
+
+        return {
+            "context": [view(1, "OP", "op", "The original post.")],
+            "target": view(2, "amber_owl17", "user", "A first reply."),
+            "annotator": {"id": "a1", "name": "careful_rater", "description": "A careful rater."},
+            "dimension": {
+                "name": "toxicity",
+                "level": "ordinal",
+                "instructions": "1 = not toxic, 5 = very toxic.",
+                "labels": [{"label": str(i), "description": ""} for i in range(1, 6)],
+                "described": False,  # whether any label has a description
+            },
+            "method": "score",
+            "rationale": False,
+        }
+    raise ValueError(kind)
+
+
+def template_environment() -> SandboxedEnvironment:
+    """The Jinja environment recipe templates render in: sandboxed, undefined names fail
+    (as in the prompt builders)."""
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def _chat_template_environment() -> SandboxedEnvironment:
+    # Tokenizer chat templates are rendered by transformers with loop controls enabled.
+    return SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, extensions=["jinja2.ext.loopcontrols"]
+    )
+
+
+def check_template(env: SandboxedEnvironment, source: str, kind: str) -> str | None:
+    """None if ``source`` renders with the sample context of ``kind``; else the reason."""
+    if kind == "chat_template":
+        # Rendered by the tokenizer with its own variables: the syntax is what we can check.
+        env = _chat_template_environment()
+    try:
+        tpl = env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        return f"template syntax error (template line {e.lineno}): {e.message}"
+    if kind == "chat_template":
+        return None
+    try:
+        tpl.render(**sample_context(kind))
+    except jinja2.UndefinedError as e:
+        names = sorted(sample_context(kind))
+        m = re.match(r"'(\w+)' is undefined", e.message or "")
+        hint = suggest(m.group(1), names) if m else ""
+        return f"template does not render: {e.message}{hint} (available: {', '.join(names)})"
+    except jinja2.TemplateError as e:
+        return f"template does not render: {e}"
+    except Exception as e:  # a template can raise anything (e.g. a division by zero)
+        return f"template does not render: {type(e).__name__}: {e}"
+    return None
