@@ -211,7 +211,7 @@ def _rss_mb() -> float:
 
 def child(run_dir: Path, max_rows: int) -> None:
     """Runs in its own process: assemble once, print timings and memory as JSON."""
-    from synth_disco.dataset import assemble
+    from synth_disco.dataset.assembly import assemble
 
     recipe, raw = bench_recipe(max_rows)
     pools = personas()

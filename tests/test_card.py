@@ -12,10 +12,23 @@ from pathlib import Path
 import datasets
 import pytest
 import yaml
+from click.testing import CliRunner
 from huggingface_hub import DatasetCard
 
-from synth_disco.card import CARD_BEGIN, CARD_END, TEMPLATE, rerender_card, size_category
-from synth_disco.dataset import assemble
+from synth_disco.cli import main
+from synth_disco.dataset.assembly import assemble
+from synth_disco.dataset.card import (
+    TEMPLATE,
+    prompt_templates,
+    render_card,
+    rerender_card,
+    size_category,
+    template_dir,
+)
+from synth_disco.dataset.manifest import read_manifest
+from synth_disco.dataset.readme import CARD_BEGIN, CARD_END
+from synth_disco.discussion.prompts import builtin_template
+from synth_disco.recipe.schema import Recipe
 from test_dataset import AGREEMENT, ANNOTATORS, USERS, make_recipe, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,17 +160,11 @@ def test_stale_figures_are_removed(tmp_path: Path) -> None:
     store = make_run(tmp_path / "run")
     recipe, raw = make_recipe()
     folder = assemble(store, recipe, raw, "fp")
-    recipe2, raw2 = make_recipe()
-    raw2["factors"] = {}
+    recipe2, _ = make_recipe()
     # Same rows, but a recipe without factors: one overall figure replaces the per-factor ones.
-    from synth_disco.card import render_card
-    from synth_disco.dataset import read_manifest
-
     manifest = read_manifest(folder)
     stats = {**manifest["stats"], "by_level": {}}
-    render_card(
-        folder, recipe2.model_copy(update={"factors": {}}), raw2, "fp", stats, manifest=manifest
-    )
+    render_card(folder, recipe2.model_copy(update={"factors": {}}), "fp", stats, manifest=manifest)
     assert sorted(p.name for p in (folder / "figures").iterdir()) == ["labels_overall.png"]
 
 
@@ -180,7 +187,6 @@ def test_template_is_shipped_in_the_wheel(tmp_path: Path) -> None:
     src.mkdir()
     shutil.copy(ROOT / "pyproject.toml", src)
     (src / "README.md").write_text("x\n")
-    shutil.copytree(ROOT / "dataset_cards", src / "dataset_cards")
     shutil.copytree(
         ROOT / "generator" / "synth_disco",
         src / "generator" / "synth_disco",
@@ -206,8 +212,32 @@ def test_template_is_shipped_in_the_wheel(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        shipped = zf.read(f"synth_disco/dataset_cards/{TEMPLATE}")
-    assert shipped == (ROOT / "dataset_cards" / TEMPLATE).read_bytes()
+        shipped = zf.read(f"synth_disco/dataset/templates/{TEMPLATE}")
+    assert shipped == (template_dir() / TEMPLATE).read_bytes()
+
+
+def test_the_template_has_one_home_and_dataset_cards_points_at_it() -> None:
+    # The template lives in the package only; the top-level folder users look in says where.
+    packaged = template_dir() / TEMPLATE
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert packaged.parent == ROOT / "generator" / "synth_disco" / "dataset" / "templates"
+    assert sorted(p.name for p in (ROOT / "dataset_cards").iterdir()) == ["README.md"]
+    note = (ROOT / "dataset_cards" / "README.md").read_text()
+    assert f"generator/synth_disco/dataset/templates/{TEMPLATE}" in note
+
+
+def test_an_edited_copy_of_the_template_renders_the_card(folder: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "my_cards"
+    copy.mkdir()
+    text = (template_dir() / TEMPLATE).read_text()
+    (copy / TEMPLATE).write_text(text.replace("## Summary", "## Our summary", 1))
+    manifest = read_manifest(folder)
+    recipe = Recipe.model_validate(manifest["recipe"])
+    out = tmp_path / "copy"
+    shutil.copytree(folder, out)
+    render_card(out, recipe, "fp", manifest["stats"], manifest=manifest, templates=copy)
+    card = (out / "README.md").read_text()
+    assert "## Our summary" in card and "## Summary" not in card
 
 
 def test_header_round_trips_through_yaml(folder: Path) -> None:
@@ -223,3 +253,75 @@ def test_undefined_agreement_is_said_so(tmp_path: Path) -> None:
     agreement = {"toxicity": {"alpha": None, "level": "ordinal", "n_items": 0}}
     folder = assemble(store, recipe, raw, "fp", agreement=agreement)
     assert "undefined for this dimension" in (folder / "README.md").read_text()
+
+
+# -- issue 12 ------------------------------------------------------------------------------------
+
+
+def test_rerender_merges_a_crlf_readme(tmp_path: Path) -> None:
+    # Defect 7: a README saved with CRLF line endings used to come back with mixed ones.
+    store = make_run(tmp_path / "run")
+    recipe, raw = make_recipe()
+    folder = assemble(store, recipe, raw, "fp")
+    readme = folder / "README.md"
+    text = readme.read_text().replace("tags:\n", "tags:\n- my-tag\n", 1)
+    text = text.replace(CARD_END, CARD_END + "\n\n## Notes\nKept.\n")
+    readme.write_bytes(text.replace("\n", "\r\n").encode())
+
+    rerender_card(tmp_path / "run")
+
+    new = readme.read_bytes()
+    assert b"\r" not in new
+    assert b"## Notes\nKept." in new and new.count(CARD_BEGIN.encode()) == 1
+    assert "my-tag" in DatasetCard.load(readme).data.tags
+    rerender_card(tmp_path / "run")
+    assert readme.read_bytes() == new
+
+
+def test_rerender_keeps_a_readme_without_markers_after_the_card(tmp_path: Path) -> None:
+    # Defect 7: the same rule as pushing (test_hub.py): a README without markers is kept.
+    store = make_run(tmp_path / "run")
+    recipe, raw = make_recipe()
+    folder = assemble(store, recipe, raw, "fp")
+    readme = folder / "README.md"
+    readme.write_text("---\nlicense: mit\ntags:\n- my-tag\n---\n# Our dataset\n\nWritten by us.\n")
+
+    rerender_card(tmp_path / "run")
+
+    new = readme.read_text()
+    assert new.count(CARD_BEGIN) == 1
+    assert new.endswith(f"{CARD_END}\n\n# Our dataset\n\nWritten by us.\n")
+    data = DatasetCard.load(readme).data
+    assert data.license == "cc-by-4.0" and "my-tag" in data.tags  # generated keys win
+    rerender_card(tmp_path / "run")
+    assert readme.read_text() == new
+
+
+def test_card_on_an_unassembled_run_is_one_message(tmp_path: Path) -> None:
+    # Defect 3: AssembleError was not a SynthDiscoError, so the CLI printed a traceback.
+    make_run(tmp_path / "run")  # finished shards, never assembled
+    result = CliRunner().invoke(main, ["card", str(tmp_path / "run")], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "manifest.json not found in the dataset folder: assemble the run first" in result.output
+
+
+def test_card_prints_the_exact_text_of_every_template_used(tmp_path: Path) -> None:
+    # Defect 1: templates the run never rendered were shown as "set by the recipe".
+    system = "You are in a forum about {{ context }}.\n```\nNo `code` here.\n```"
+    store = make_run(tmp_path / "run")
+    recipe, raw = make_recipe()
+    raw["discussion"]["templates"] = {
+        "system": system,
+        "moderator_system": "UNUSED MODERATOR TEMPLATE",
+        "annotation": "UNUSED ANNOTATION TEMPLATE",
+    }
+    recipe = Recipe.model_validate(raw)
+    folder = assemble(store, recipe, raw, "fp")
+
+    turn = builtin_template("turn.j2")
+    assert prompt_templates(recipe) == [("system", system), ("turn", turn)]
+    body = (folder / "README.md").read_text()
+    assert f"````jinja\n{system}\n````" in body  # a fence longer than the template's own
+    assert f"```jinja\n{turn.rstrip()}\n```" in body
+    assert "UNUSED" not in body and "Moderator system prompt template" not in body

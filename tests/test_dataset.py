@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synth_disco.dataset import AssembleError, assemble, read_manifest, used_pools
+from synth_disco.dataset.assembly import assemble
+from synth_disco.dataset.manifest import AssembleError, read_manifest, used_pools
+from synth_disco.errors import SynthDiscoError
 from synth_disco.recipe.schema import Recipe
 from synth_disco.records import Persona
 from synth_disco.store import schemas
@@ -471,3 +473,21 @@ def test_an_unrelated_output_folder_is_not_replaced(tmp_path: Path) -> None:
     with pytest.raises(AssembleError, match="not a synth-disco dataset"):
         assemble(store, recipe, raw, "fp", out=precious)
     assert (precious / "notes.txt").read_text() == "mine"
+
+
+def test_assemble_errors_are_messages_for_the_user() -> None:
+    # Issue 12, defect 3: the CLI reports SynthDiscoErrors as one message and an exit code.
+    assert issubclass(AssembleError, SynthDiscoError)
+
+
+def test_a_folder_that_would_leak_is_refused_and_the_old_one_kept(built) -> None:
+    store, folder, _ = built
+    readme = (folder / "README.md").read_bytes()
+    recipe, raw = make_recipe(description="Our token: hf_" + "x" * 34)
+    with pytest.raises(AssembleError, match="README.md: contains what looks like a Hugging Face"):
+        assemble(store, recipe, raw, "fp")
+    assert (folder / "README.md").read_bytes() == readme
+    recipe, raw = make_recipe(description=f"Built in {store.root.resolve()}.")
+    with pytest.raises(AssembleError, match="README.md: contains the absolute local path"):
+        assemble(store, recipe, raw, "fp")
+    assert [p.name for p in store.root.iterdir() if p.name.startswith(".dataset")] == []

@@ -18,14 +18,8 @@ import datasets
 import pytest
 
 from hubserver import BAD_TOKEN, READONLY_TOKEN, WRITE_TOKEN, HubServer, patch_clients
-from synth_disco.hub import (
-    CARD_BEGIN,
-    CARD_END,
-    NO_TOKEN_MESSAGE,
-    HubError,
-    merge_card,
-    push_folder,
-)
+from synth_disco.dataset.readme import CARD_BEGIN, CARD_END, merge_readme
+from synth_disco.hub.push import NO_TOKEN_MESSAGE, HubError, push_folder
 
 # The LFS upload in huggingface_hub passes a file object as `data=`, which httpx2 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -273,45 +267,77 @@ def test_concurrent_card_edit_is_retried_and_kept(hub_server: HubServer, tmp_pat
     assert "Please cite our paper." in card and "5 discussions" in card
 
 
-def test_card_without_markers_is_refused_unless_overwritten(
+def test_card_without_markers_on_the_hub_is_kept_after_the_generated_block(
     hub_server: HubServer, tmp_path: Path
 ) -> None:
+    # Issue 12, defect 7: the push merge used to refuse a README without markers, while the
+    # card's merge kept it; both now keep it, after the generated block.
     push_folder(make_folder(tmp_path, 2), REPO, "1.0.0")
     hub_server.commit_files(REPO, {"README.md": b"# My own card\n\nHand written.\n"})
-    commits = hub_server.commit_count(REPO)
     folder = make_folder(tmp_path, 5)
 
-    with pytest.raises(HubError, match="--overwrite-card"):
-        push_folder(folder, REPO, "1.1.0")
-    assert hub_server.commit_count(REPO) == commits
-    assert "v1.1.0" not in hub_server.tags(REPO)
+    result = push_folder(folder, REPO, "1.1.0")
+
+    assert result.status == "pushed"
+    card = hub_server.read_file(REPO, "README.md", "v1.1.0").decode()
+    assert card.count(CARD_BEGIN) == 1 and "5 discussions, 15 comments." in card
+    assert card.index(CARD_END) < card.index("# My own card\n\nHand written.")
+    assert load("discussions", "v1.1.0") == rows(5)[0]  # the local header configures it
+    assert push_folder(folder, REPO, "1.1.0").status == "unchanged"
+
+
+def test_overwrite_card_replaces_the_card_on_the_hub(hub_server: HubServer, tmp_path: Path) -> None:
+    push_folder(make_folder(tmp_path, 2), REPO, "1.0.0")
+    hub_server.commit_files(REPO, {"README.md": b"# My own card\n\nHand written.\n"})
+    folder = make_folder(tmp_path, 5)
 
     push_folder(folder, REPO, "1.1.0", overwrite_card=True)
+
     assert hub_server.read_file(REPO, "README.md", "v1.1.0") == (folder / "README.md").read_bytes()
 
 
-def test_merge_card_keeps_remote_text_and_keys() -> None:
+def test_crlf_card_on_the_hub_is_merged(hub_server: HubServer, tmp_path: Path) -> None:
+    # Issue 12, defect 7: a README saved with CRLF line endings (a Windows editor) is merged
+    # like any other, and the result has one kind of line ending.
+    push_folder(make_folder(tmp_path, 2), REPO, "1.0.0")
+    edited = _edit_card(hub_server.read_file(REPO, "README.md").decode())
+    hub_server.commit_files(REPO, {"README.md": edited.replace("\n", "\r\n").encode()})
+    folder = make_folder(tmp_path, 5)
+
+    push_folder(folder, REPO, "1.1.0")
+
+    card = hub_server.read_file(REPO, "README.md", "v1.1.0").decode()
+    assert "\r" not in card
+    assert "Please cite our paper." in card and "pretty_name: Disco" in card
+    assert "5 discussions, 15 comments." in card and "2 discussions" not in card
+    assert card.count(CARD_BEGIN) == 1 and "- moderation" in card
+    assert push_folder(folder, REPO, "1.1.0").status == "unchanged"
+
+
+def test_merge_keeps_remote_text_and_keys() -> None:
     local = CARD.format(n=5, m=15)
     remote = "intro\n" + _edit_card(CARD.format(n=2, m=6)).split("---\n", 2)[2]
     remote = "---\nlicense: mit\ntags:\n- moderation\n---\nBefore.\n" + remote
 
-    merged = merge_card(remote, local)
+    merged = merge_readme(remote, local)
 
     assert merged.startswith("---\nlicense: cc-by-4.0\n")  # local keys win
     assert "Before." in merged and "Please cite our paper." in merged
     assert "5 discussions" in merged and "2 discussions" not in merged
     assert merged.count(CARD_BEGIN) == 1 and merged.count(CARD_END) == 1
     assert "- moderation" in merged
-    assert merge_card(merged, local) == merged  # merging again changes nothing
-    assert merge_card(local, local) == local
+    assert merge_readme(merged, local) == merged  # merging again changes nothing
+    assert merge_readme(local, local) == local
 
 
-def test_merge_card_without_markers() -> None:
+def test_merge_without_markers() -> None:
     local = CARD.format(n=5, m=15)
     old = CARD.format(n=2, m=6).replace(CARD_BEGIN + "\n", "").replace(CARD_END + "\n", "")
-    assert merge_card(old, local, known_generated=[old]) == local
-    with pytest.raises(HubError, match="no synth-disco markers"):
-        merge_card(old, local)
+    # A card synth-disco published earlier is replaced; any other is kept after the block.
+    assert merge_readme(old, local, known_generated=[old]) == local
+    kept = merge_readme(old, local)
+    assert kept.startswith(local.rstrip("\n"))
+    assert kept.endswith(f"{CARD_END}\n\n# Disco\n\n2 discussions, 6 comments.\n")
 
 
 # -- pull requests -------------------------------------------------------------------------------
@@ -379,6 +405,10 @@ def test_token_and_local_paths_are_never_uploaded(hub_server: HubServer, tmp_pat
     folder = make_folder(tmp_path, 3)
     (folder / "synth_disco" / "recipe.yaml").write_text(f"posts: {folder.resolve()}/posts.jsonl\n")
     with pytest.raises(HubError, match="recipe.yaml: contains the absolute local path"):
+        push_folder(folder, REPO, "1.0.0")
+    # The same leak scan as assembly: a token that is not the user's is refused too.
+    (folder / "synth_disco" / "recipe.yaml").write_text("note: hf_" + "x" * 34 + "\n")
+    with pytest.raises(HubError, match="recipe.yaml: contains what looks like a Hugging Face"):
         push_folder(folder, REPO, "1.0.0")
     assert not hub_server.has_repo(REPO)
 

@@ -301,7 +301,7 @@ def annotate(data: Path, recipe: Path, overrides: tuple[str, ...], out: Path | N
 @cli_errors()
 def card(run_dir: Path, repo: str | None) -> None:
     """Re-render the dataset card (README.md and figures) of an assembled run."""
-    from synth_disco.card import rerender_card
+    from synth_disco.dataset.card import rerender_card
 
     path = rerender_card(run_dir, repo=repo)
     click.echo(f"card: {path.as_posix()}")
@@ -313,7 +313,9 @@ def card(run_dir: Path, repo: str | None) -> None:
 @click.option("--private/--public", default=None, help="Visibility when creating the repo.")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
 @click.option(
-    "--overwrite-card", is_flag=True, help="Replace a Hub README that has no synth-disco markers."
+    "--overwrite-card",
+    is_flag=True,
+    help="Replace the README on the Hub instead of merging the generated card into it.",
 )
 @cli_errors()
 def push(
@@ -334,7 +336,7 @@ def _push(
     import yaml
 
     from synth_disco.errors import SynthDiscoError
-    from synth_disco.hub import push_folder
+    from synth_disco.hub.push import push_folder
 
     dataset = run_dir / "dataset"
     recipe_file = run_dir / "recipe.yaml"

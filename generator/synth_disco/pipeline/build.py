@@ -344,7 +344,8 @@ def run_annotation(
 
 
 def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
-    from synth_disco.dataset import assemble, used_pools
+    from synth_disco.dataset.assembly import assemble
+    from synth_disco.dataset.manifest import used_pools
 
     agreement = None
     path = store.root / "agreement.json"

@@ -3,8 +3,10 @@
 Promises (DESIGN.md, "Publishable"): the whole folder lands in one commit; the tag is created
 only after that commit exists, so a failure never leaves a tag on partial content and re-running
 simply works; pushing the same content again is a no-op; a tag is never moved to different
-content. Card edits made on the Hub survive: only the part of README.md between the synth-disco
-markers (and the YAML keys synth-disco writes) is replaced.
+content. Card edits made on the Hub survive: the README on the Hub is merged with the local one
+by ``synth_disco.dataset.readme.merge_readme``, the same merge the card is rendered with (only
+the part between the synth-disco markers and the YAML keys synth-disco writes are replaced).
+Nothing that ``synth_disco.dataset.portable.LeakScan`` finds (the token, local paths) is uploaded.
 """
 
 from __future__ import annotations
@@ -12,23 +14,22 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 
-import yaml
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+from synth_disco.dataset.portable import LeakScan
+from synth_disco.dataset.readme import merge_readme
 from synth_disco.errors import SynthDiscoError
 
-CARD_BEGIN = "<!-- synth-disco:begin -->"
-CARD_END = "<!-- synth-disco:end -->"
 README = "README.md"
 # Folders synth-disco owns in the repo: files there that the local folder lacks are deleted.
 # Everything else on the Hub (.gitattributes, files users added) is left alone.
@@ -38,7 +39,6 @@ NO_TOKEN_MESSAGE = "no Hugging Face token: set HF_TOKEN or run `hf auth login`"
 _MAX_ATTEMPTS = 4  # commits retried after a concurrent change (412) or a commit in progress (409)
 _BACKOFF_S = 0.5
 _CHUNK = 1 << 20
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 PushStatus = Literal["pushed", "unchanged", "pr_opened"]
 
@@ -79,146 +79,38 @@ class _LocalFile:
         return self.data if self.data is not None else self.source.read_bytes()
 
 
-# -- the card ------------------------------------------------------------------------------------
-
-
-def _split_card(text: str) -> tuple[str | None, str]:
-    """(YAML header text or None, body)."""
-    match = _FRONT_MATTER.match(text)
-    if match is None:
-        return None, text
-    return match.group(1) or "", text[match.end() :]
-
-
-def _load_meta(yaml_text: str | None, where: str) -> dict[str, Any]:
-    if not yaml_text:
-        return {}
-    try:
-        data = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as err:
-        raise HubError(f"{where}: invalid YAML header: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise HubError(f"{where}: the YAML header must be a mapping")
-    return data
-
-
-def _is_scalar(value: object) -> bool:
-    return isinstance(value, (str, int, float, bool)) or value is None
-
-
-def _merge_meta(local: Mapping[str, Any], remote: Mapping[str, Any]) -> dict[str, Any]:
-    """Local keys win; remote-only keys stay; lists of scalars (tags, languages) are unioned.
-
-    Structured values (configs, dataset_info) are synth-disco's own and are taken from local
-    as a whole, so a stale config entry from an older version cannot survive.
-    """
-    merged = dict(local)
-    for key, remote_value in remote.items():
-        if key not in merged:
-            merged[key] = remote_value
-            continue
-        local_value = merged[key]
-        if (
-            isinstance(local_value, list)
-            and isinstance(remote_value, list)
-            and all(_is_scalar(v) for v in [*local_value, *remote_value])
-        ):
-            merged[key] = local_value + [v for v in remote_value if v not in local_value]
-    return merged
-
-
-def _normalise(text: str) -> str:
-    return text.replace("\r\n", "\n").strip()
-
-
-def merge_card(remote: str, local: str, *, known_generated: Iterable[str] = ()) -> str:
-    """Combine the README on the Hub with the freshly generated one.
-
-    Keeps the local YAML header (plus remote-only keys and list entries) and the local block
-    between ``CARD_BEGIN`` and ``CARD_END``; keeps the remote text before and after its markers.
-    A remote card without markers is replaced only when it is one synth-disco generated
-    (equal to ``local`` or to one of ``known_generated``); otherwise this raises ``HubError``.
-    """
-    if not remote.strip():
-        return local
-    remote_yaml, remote_body = _split_card(remote)
-    local_yaml, local_body = _split_card(local)
-    if CARD_BEGIN not in remote_body or CARD_END not in remote_body:
-        generated = {_normalise(t) for t in known_generated} | {_normalise(local)}
-        if _normalise(remote) in generated:
-            return local
-        raise HubError(
-            "README.md on the Hub was edited and has no synth-disco markers: put "
-            f"'{CARD_BEGIN}' and '{CARD_END}' around the generated part on the Hub "
-            "(text outside them is kept), or pass --overwrite-card to replace it"
-        )
-    if CARD_BEGIN in local_body and CARD_END in local_body:
-        start = local_body.index(CARD_BEGIN)
-        block = local_body[start : local_body.index(CARD_END, start) + len(CARD_END)]
-    else:  # a card without markers: all of its body is generated
-        block = f"{CARD_BEGIN}\n{local_body.strip()}\n{CARD_END}"
-    r_start = remote_body.index(CARD_BEGIN)
-    r_end = remote_body.index(CARD_END, r_start) + len(CARD_END)
-    body = remote_body[:r_start] + block + remote_body[r_end:]
-
-    local_meta = _load_meta(local_yaml, "local README.md")
-    try:
-        remote_meta = _load_meta(remote_yaml, "README.md on the Hub")
-    except HubError:
-        remote_meta = {}  # the Hub validates YAML, so this is rare; the local header wins
-    merged = _merge_meta(local_meta, remote_meta)
-    if merged == local_meta:
-        if local_yaml is None:
-            return body
-        header = local_yaml  # verbatim: merging an unchanged card gives the same bytes
-    else:
-        header = yaml.safe_dump(merged, sort_keys=False, allow_unicode=True)
-    return f"---\n{header}---\n{body}"
-
-
 # -- local and remote files ----------------------------------------------------------------------
 
 
-def _forbidden_patterns(folder: Path, token: str) -> list[tuple[bytes, str]]:
-    patterns = [(token.encode(), "the Hugging Face token")]
-    for path in (folder, folder.parent):
-        if len(path.parts) > 2:  # skip "/" and "/tmp": too short to mean a leaked path
-            patterns.append((str(path).encode(), f"the absolute local path {path}"))
-    return patterns
-
-
-def _check_clean(data: bytes, path: str, patterns: list[tuple[bytes, str]]) -> None:
-    for pattern, what in patterns:
-        if pattern in data:
-            raise HubError(f"{path}: contains {what}; refusing to upload it")
-
-
-def _hash_file(source: Path, rel: str, patterns: list[tuple[bytes, str]]) -> _LocalFile:
+def _hash_file(source: Path, rel: str, scan: LeakScan) -> _LocalFile:
     """git blob sha1 + sha256 in one pass, scanning for things that must not be published."""
     size = source.stat().st_size
     sha1 = hashlib.sha1(b"blob %d\0" % size)
     sha256 = hashlib.sha256()
-    overlap = max(len(p) for p, _ in patterns) - 1
     tail = b""
     with source.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             sha1.update(chunk)
             sha256.update(chunk)
-            _check_clean(tail + chunk, rel, patterns)
-            tail = chunk[-overlap:] if overlap > 0 else b""
+            _check_clean(tail + chunk, rel, scan)
+            tail = chunk[-scan.overlap :]
     return _LocalFile(rel, source, size, sha1.hexdigest(), sha256.hexdigest())
 
 
-def _scan_folder(folder: Path, patterns: list[tuple[bytes, str]]) -> dict[str, _LocalFile]:
+def _check_clean(data: bytes, rel: str, scan: LeakScan) -> None:
+    what = scan.find(data)
+    if what is not None:
+        raise HubError(f"{rel}: contains {what}; refusing to upload it")
+
+
+def _scan_folder(folder: Path, scan: LeakScan) -> dict[str, _LocalFile]:
     """Every file to publish, keyed by repo path. Hidden files and folders are skipped."""
     files: dict[str, _LocalFile] = {}
     for source in sorted(folder.rglob("*")):
         rel = source.relative_to(folder).as_posix()
         if not source.is_file() or any(part.startswith(".") for part in rel.split("/")):
             continue
-        files[rel] = _hash_file(source, rel, patterns)
+        files[rel] = _hash_file(source, rel, scan)
     if not files:
         raise HubError(f"{folder.name}: the dataset folder is empty")
     return files
@@ -329,42 +221,32 @@ class _Publisher:
         local: dict[str, _LocalFile],
         *,
         overwrite_card: bool,
-        patterns: list[tuple[bytes, str]],
+        scan: LeakScan,
     ) -> None:
         self.api = api
         self.repo_id = repo_id
         self.tag = tag
         self.local = local
         self.overwrite_card = overwrite_card
-        self.patterns = patterns  # what must never be uploaded (token, local paths)
+        self.scan = scan  # what must never be uploaded (token, local paths)
 
     @property
     def url(self) -> str:
         return f"{self.api.endpoint}/datasets/{self.repo_id}"
 
-    def files_against(
-        self, remote: Mapping[str, RepoFile], revision: str, *, strict: bool
-    ) -> dict[str, _LocalFile]:
-        """The local files with README.md merged into the card at ``revision``.
-
-        ``strict`` refuses a remote card that cannot be merged safely; otherwise such a card
-        is simply compared against the local one.
-        """
+    def files_against(self, remote: Mapping[str, RepoFile], revision: str) -> dict[str, _LocalFile]:
+        """The local files with the local README.md merged into the README at ``revision``
+        (unless ``overwrite_card``: then the local one replaces it)."""
         readme = self.local.get(README)
         if readme is None or README not in remote or self.overwrite_card:
             return dict(self.local)
         local_text = readme.read().decode("utf-8")
         remote_text = _read_remote(self.api, self.repo_id, README, revision)
-        try:
-            merged = merge_card(remote_text, local_text, known_generated=self._tagged_cards())
-        except HubError:
-            if strict:
-                raise
-            merged = local_text
+        merged = merge_readme(remote_text, local_text, known_generated=self._tagged_cards())
         if merged == local_text:
             return dict(self.local)
         data = merged.encode("utf-8")
-        _check_clean(data, README, self.patterns)
+        _check_clean(data, README, self.scan)
         return {**self.local, README: _with_content(readme, data)}
 
     def _tagged_cards(self) -> Iterator[str]:
@@ -384,7 +266,7 @@ class _Publisher:
         if target is None:
             return None
         remote = _remote_files(self.api, self.repo_id, target)
-        adds, deletes = _diff(self.files_against(remote, target, strict=False), remote)
+        adds, deletes = _diff(self.files_against(remote, target), remote)
         if adds or deletes:
             example = adds[0].path if adds else deletes[0]
             raise HubError(
@@ -409,7 +291,7 @@ class _Publisher:
         for attempt in range(_MAX_ATTEMPTS):
             head = self.api.repo_info(self.repo_id, repo_type="dataset", revision="main").sha
             remote = _remote_files(self.api, self.repo_id, head)
-            adds, deletes = _diff(self.files_against(remote, head, strict=True), remote)
+            adds, deletes = _diff(self.files_against(remote, head), remote)
             if not adds and not deletes:
                 return None if create_pr else (head, None, 0)
             operations: list[CommitOperationAdd | CommitOperationDelete] = [
@@ -477,17 +359,15 @@ def push_folder(
     if not token:
         raise HubError(NO_TOKEN_MESSAGE)
     tag = _version_tag(version)
-    patterns = _forbidden_patterns(folder.resolve(), token)
-    local = _scan_folder(folder.resolve(), patterns)
+    scan = LeakScan.around(folder.resolve(), token=token)
+    local = _scan_folder(folder.resolve(), scan)
 
     api = HfApi(token=token)
     with _hub_errors(api.endpoint, repo_id):
         if "/" not in repo_id:
             repo_id = f"{api.whoami()['name']}/{repo_id}"
         api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True)
-        publisher = _Publisher(
-            api, repo_id, tag, local, overwrite_card=overwrite_card, patterns=patterns
-        )
+        publisher = _Publisher(api, repo_id, tag, local, overwrite_card=overwrite_card, scan=scan)
         if (done := publisher.existing_tag()) is not None:
             return done
 

@@ -1,10 +1,12 @@
 """The dataset card: README.md with a YAML header the Hub and ``datasets`` read, and a body
-rendered from the Jinja template in ``dataset_cards/``.
+rendered from the Jinja template ``templates/dataset_card.md.j2`` of this package.
 
-The generated body sits between ``CARD_BEGIN`` and ``CARD_END``; re-rendering replaces only that
-block and the YAML keys synth-disco writes, so text a person added around it survives. Everything
-the card says comes from the recipe, the manifest and the statistics computed at assembly, so
-``synth-disco card RUN_DIR`` re-renders it without re-reading the rows.
+The generated body sits between the card markers; re-rendering replaces only that block and the
+YAML keys synth-disco writes, so text a person added around it survives (the merge and its rules
+are in ``readme.py``). Everything the card says comes from the recipe, the manifest and the
+statistics computed at assembly, so ``synth-disco card RUN_DIR`` re-renders it without
+re-reading the rows. The card prints the exact text of every prompt template the run rendered
+(``prompt_templates``).
 """
 
 from __future__ import annotations
@@ -20,27 +22,25 @@ import datasets
 import jinja2
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
+import pydantic
 
-from synth_disco.recipe.schema import FileRef, Recipe, SourceSpec
-from synth_disco.store.files import atomic_write_text
-
-from .dataset import (
+from synth_disco.annotation.prompts import templates_used as annotation_templates
+from synth_disco.dataset.figures import draw_figures
+from synth_disco.dataset.manifest import (
     CONFIGS,
     MANIFEST,
-    RECIPE_COPY,
     AssembleError,
     dump_yaml,
-    portable_model_id,
-    portable_recipe,
     read_manifest,
     used_pools,
 )
-from .figures import draw_figures
-from .recipe.overrides import sets_under
+from synth_disco.dataset.portable import portable_model_id, portable_recipe
+from synth_disco.dataset.readme import card_text, merge_readme
+from synth_disco.discussion.prompts import templates_used as discussion_templates
+from synth_disco.recipe.overrides import sets_under
+from synth_disco.recipe.schema import FileRef, Recipe, SourceSpec
+from synth_disco.store.files import atomic_write_text
 
-CARD_BEGIN = "<!-- synth-disco:begin -->"
-CARD_END = "<!-- synth-disco:end -->"
 TEMPLATE = "dataset_card.md.j2"
 # The Hub's size buckets, by number of rows (here: comments).
 SIZE_BUCKETS = (
@@ -114,7 +114,6 @@ METHOD_DOCS = {
     "likely label is kept",
     "generate": "the model writes an answer that is parsed into a label",
 }
-_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n?---\s*\n", re.DOTALL)
 
 
 def size_category(n: int) -> str:
@@ -126,16 +125,8 @@ def size_category(n: int) -> str:
 
 
 def template_dir() -> Path:
-    """The folder holding the card templates: package data in a wheel, and (through the
-    package's ``dataset_cards`` link) the top-level ``dataset_cards/`` in a checkout."""
-    folder = importlib.resources.files("synth_disco") / "dataset_cards"
-    path = Path(str(folder))
-    if (path / TEMPLATE).is_file():
-        return path
-    checkout = Path(__file__).resolve().parents[2] / "dataset_cards"
-    if (checkout / TEMPLATE).is_file():
-        return checkout
-    raise FileNotFoundError(f"card template {TEMPLATE} not found (looked in {path.name}/)")
+    """The folder holding the packaged card template (``templates/`` of this package)."""
+    return Path(str(importlib.resources.files("synth_disco.dataset") / "templates"))
 
 
 # -- Jinja filters ---------------------------------------------------------------------------
@@ -219,50 +210,6 @@ def card_header(
     }
 
 
-# -- merging with an existing README --------------------------------------------------------
-
-
-def _is_scalar(value: object) -> bool:
-    return isinstance(value, (str, int, float, bool)) or value is None
-
-
-def merge_readme(existing: str | None, header: Mapping[str, Any], block: str) -> str:
-    """The README: ``header`` (plus keys and scalar list entries a person added) and ``block``
-    between the markers, with the existing text around the markers kept.
-
-    An existing README without markers is kept in full after the generated block.
-    """
-    meta: dict[str, Any] = dict(header)
-    before, after = "", ""
-    if existing and existing.strip():
-        match = _FRONT_MATTER.match(existing)
-        body = existing[match.end() :] if match else existing
-        old: Any = None
-        if match:
-            try:
-                old = yaml.safe_load(match.group(1))
-            except yaml.YAMLError:
-                old = None
-        for key, value in (old if isinstance(old, dict) else {}).items():
-            if key not in meta:
-                meta[key] = value
-            elif (
-                isinstance(meta[key], list)
-                and isinstance(value, list)
-                and all(_is_scalar(v) for v in [*meta[key], *value])
-            ):
-                meta[key] = meta[key] + [v for v in value if v not in meta[key]]
-        if CARD_BEGIN in body and CARD_END in body:
-            start = body.index(CARD_BEGIN)
-            before, after = body[:start], body[body.index(CARD_END, start) + len(CARD_END) :]
-        elif body.strip():
-            after = "\n\n" + body.strip() + "\n"
-    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=100)
-    if not after:
-        after = "\n"
-    return f"---\n{head}---\n{before}{CARD_BEGIN}\n{block.strip()}\n{CARD_END}{after}"
-
-
 # -- context ---------------------------------------------------------------------------------
 
 
@@ -339,25 +286,35 @@ def _sources(recipe: Recipe, dataset_dir: Path, manifest: Mapping[str, Any], sta
     return rows
 
 
-def _builtin_template(name: str) -> str | None:
-    path = importlib.resources.files("synth_disco") / "discussion" / "templates" / f"{name}.j2"
-    return path.read_text(encoding="utf-8") if path.is_file() else None
+def prompt_templates(recipe: Recipe) -> list[tuple[str, str]]:
+    """(name, Jinja source) of every prompt template the run renders: the recipe's own where
+    it sets one, synth-disco's built-in otherwise. The card prints each verbatim. The sources
+    come from the code that renders them (``discussion.prompts.templates_used`` and
+    ``annotation.prompts.templates_used``), so the card cannot list a template nothing uses.
+    Templates a factor level patches in are shown with the patches under Experimental design.
+    """
+    out = list(discussion_templates(recipe).items())
+    if recipe.annotation is not None:
+        override = _text(recipe.discussion.templates.annotation) or None
+        out += [
+            (f"annotation: {name}", source)
+            for name, source in annotation_templates(recipe.annotation, override).items()
+        ]
+    return out
 
 
-def _prompts(recipe: Recipe) -> list[dict[str, str]]:
+def _instructions(recipe: Recipe) -> list[dict[str, str]]:
+    """The instruction texts the prompts are rendered with: (title, note, text) blocks."""
     d = recipe.discussion
     blocks = [
         {
             "title": "Participant instructions",
             "text": _text(d.instructions),
-            "lang": "text",
             "note": "" if _text(d.instructions) else "None given.",
         },
     ]
     if _text(d.context):
-        blocks.append(
-            {"title": "Discussion context", "text": _text(d.context), "lang": "text", "note": ""}
-        )
+        blocks.append({"title": "Discussion context", "text": _text(d.context), "note": ""})
     if d.moderator is not None:
         m = d.moderator
         persona = m.persona if isinstance(m.persona, str) else json.dumps(m.persona)
@@ -368,7 +325,6 @@ def _prompts(recipe: Recipe) -> list[dict[str, str]]:
                 + (f" (every {m.k} comments)" if m.policy == "every_k" else "")
                 + (f"; persona: {persona}" if persona else ""),
                 "text": _text(m.instructions),
-                "lang": "text",
             }
         )
     elif any(
@@ -380,36 +336,7 @@ def _prompts(recipe: Recipe) -> list[dict[str, str]]:
             {
                 "title": "Moderator",
                 "text": "",
-                "lang": "",
                 "note": "Set per factor level: see the patches under Experimental design.",
-            }
-        )
-    for key, title in (
-        ("system", "System prompt template"),
-        ("turn", "Turn prompt template"),
-        ("moderator_system", "Moderator system prompt template"),
-        ("annotation", "Annotation prompt template"),
-    ):
-        if key == "annotation" and recipe.annotation is None:
-            continue
-        custom = getattr(d.templates, key)
-        if custom is not None:
-            blocks.append(
-                {
-                    "title": title,
-                    "text": _text(custom),
-                    "lang": "jinja",
-                    "note": "Set by the recipe.",
-                }
-            )
-            continue
-        builtin = _builtin_template(key)
-        blocks.append(
-            {
-                "title": title,
-                "text": builtin or "",
-                "lang": "jinja",
-                "note": "synth-disco's built-in template" + (":" if builtin else "."),
             }
         )
     if recipe.annotation is not None and _text(recipe.annotation.instructions):
@@ -417,7 +344,6 @@ def _prompts(recipe: Recipe) -> list[dict[str, str]]:
             {
                 "title": "Annotator instructions",
                 "text": _text(recipe.annotation.instructions),
-                "lang": "text",
                 "note": "",
             }
         )
@@ -600,7 +526,8 @@ def card_context(
             }
             for k, m in manifest["models"].items()
         ],
-        "prompts": _prompts(recipe),
+        "instructions": _instructions(recipe),
+        "templates": [{"name": n, "text": t} for n, t in prompt_templates(recipe)],
         "variants": [
             {"name": k, "share": v.share, "instructions": _text(v.instructions)}
             for k, v in d.variants.items()
@@ -626,7 +553,6 @@ def card_context(
 def render_card(
     dataset_dir: Path,
     recipe: Recipe,
-    raw: Mapping[str, Any] | None,
     fingerprint: str,
     stats: Mapping[str, Any],
     *,
@@ -639,10 +565,10 @@ def render_card(
     """Write ``dataset_dir/README.md`` and its figures; returns the README's path.
 
     ``manifest`` defaults to the folder's ``synth_disco/manifest.json``; ``existing_readme`` to
-    the folder's current README (its text outside the markers is kept). ``raw`` is accepted
-    for symmetry with ``assemble`` (the card shows the validated recipe).
+    the folder's current README (merged with the new card as ``readme.merge_readme`` says);
+    ``templates`` to the packaged template folder (a folder holding an edited copy of
+    ``dataset_card.md.j2`` renders the card from that copy).
     """
-    del raw  # the validated recipe says everything the card shows
     dataset_dir = Path(dataset_dir)
     manifest = manifest if manifest is not None else read_manifest(dataset_dir)
     readme = dataset_dir / "README.md"
@@ -666,25 +592,28 @@ def render_card(
     )
     body = _environment(templates or template_dir()).get_template(TEMPLATE).render(**context)
     header = card_header(recipe, manifest, features)
-    atomic_write_text(readme, merge_readme(existing_readme, header, body))
+    atomic_write_text(readme, merge_readme(existing_readme, card_text(header, body)))
     return readme
 
 
 def rerender_card(run_dir: Path, *, repo: str | None = None) -> Path:
     """Re-render README.md and the figures of an assembled run (``run_dir`` or its
-    ``dataset/`` folder) from its recipe copy and manifest, without re-reading the rows."""
+    ``dataset/`` folder) from its manifest, without re-reading the rows."""
     run_dir = Path(run_dir)
     dataset_dir = run_dir if (run_dir / MANIFEST).exists() else run_dir / "dataset"
     manifest = read_manifest(dataset_dir)
     if "recipe" not in manifest or "stats" not in manifest:
         raise AssembleError(f"{MANIFEST} is from an older synth-disco: re-assemble the run")
-    recipe = Recipe.model_validate(manifest["recipe"])
-    raw_path = dataset_dir / RECIPE_COPY
-    raw = yaml.safe_load(raw_path.read_text(encoding="utf-8")) if raw_path.exists() else None
+    try:
+        recipe = Recipe.model_validate(manifest["recipe"])
+    except pydantic.ValidationError as exc:
+        raise AssembleError(
+            f"the recipe in {MANIFEST} does not validate with this synth-disco "
+            f"({exc.error_count()} problem(s)): re-assemble the run"
+        ) from exc
     return render_card(
         dataset_dir,
         recipe,
-        raw,
         manifest["fingerprint"],
         manifest["stats"],
         manifest=manifest,

@@ -10,6 +10,7 @@ canvas, so nothing touches pyplot's global state or needs a display.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from synth_disco.store.files import atomic_write_bytes
 
 FIGURES_DIR = "figures"
 _PREFIXES = ("labels_", "comment_length_")
@@ -67,10 +70,12 @@ def _stacked(
 
 
 def _save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the figure as PNG; atomically, since re-rendering a card replaces its figures."""
     FigureCanvasAgg(fig)
+    png = io.BytesIO()
     # No "Software" text chunk: the same statistics give the same bytes.
-    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(png, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, png.getvalue())
 
 
 def _ordered(levels: Mapping[str, Any], order: list[str]) -> dict[str, Any]:
