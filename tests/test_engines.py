@@ -20,8 +20,8 @@ from synth_disco.engines import (
     sampling_params_from,
     tiny_seed,
 )
-from synth_disco.engines.prefix_cache import PrefixStore
-from synth_disco.engines.sampling import SeededSampler
+from synth_disco.engines.hf.prefix_cache import PrefixStore
+from synth_disco.engines.hf.sampler import SeededSampler
 from synth_disco.engines.tiny import ensure_tiny_model
 
 SAMPLED = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95)

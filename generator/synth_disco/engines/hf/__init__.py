@@ -7,7 +7,7 @@ sorted by prompt length, and cut into left-padded batches bounded by ``max_batch
 applied per row, so requests that differ only in those still share a batch.
 
 Per-request seeded sampling: ``generate`` runs greedy (``do_sample=False``) with a logits
-processor (:class:`~synth_disco.engines.sampling.SeededSampler`) that, per row, applies
+processor (:class:`~synth_disco.engines.hf.sampler.SeededSampler`) that, per row, applies
 temperature, top-k and top-p and then adds Gumbel noise derived from a counter-based hash of
 (request seed, decoding step, token id). The argmax of logits plus Gumbel noise is an exact
 sample from the softmax, and the noise of a row never depends on the other rows, so a request's
@@ -16,7 +16,7 @@ shapes and cache layouts: nil in practice in float32 on CPU (the tests and the b
 exact equality), while in bfloat16 on GPU they can flip rare near-ties.
 
 Prefill (see ``TransformersEngine._prefill``): prompt prefixes already seen are taken from a
-prefix store of KV states (:mod:`~synth_disco.engines.prefix_cache`), so a turn's prompt only
+prefix store of KV states (:mod:`~synth_disco.engines.hf.prefix_cache`), so a turn's prompt only
 runs its new tokens; fresh prompts run right-padded without an attention mask (causal SDPA
 kernels, about 2x faster than a masked left-padded prefill of long prompts). The states are
 then gathered into the left-padded layout ``generate`` expects.
@@ -67,9 +67,9 @@ from synth_disco.engines.base import (
     score_threads_by_prompts,
 )
 from synth_disco.engines.errors import EngineLoadError
-from synth_disco.engines.prefix_cache import PrefixStore
-from synth_disco.engines.sampling import SeededSampler
-from synth_disco.engines.thread_pack import PackedThread, pack
+from synth_disco.engines.hf.prefix_cache import PrefixStore
+from synth_disco.engines.hf.sampler import SeededSampler
+from synth_disco.engines.hf.thread_pack import PackedThread, pack
 
 log = logging.getLogger(__name__)
 
@@ -923,7 +923,7 @@ class TransformersEngine:
         """Score every question of each request, running each conversation's tokens once.
 
         A request's trunk (template head and segments) and all its questions go through the
-        model as one row (:mod:`~synth_disco.engines.thread_pack`). Results come in request
+        model as one row (:mod:`~synth_disco.engines.hf.thread_pack`). Results come in request
         order, then question order, as :func:`score_threads_by_prompts` gives them. Questions
         whose labels share a first token, a chat template that cannot be split around the user
         message, or a model whose packed scores do not match its plain ones (checked once, on
