@@ -24,13 +24,14 @@ import yaml
 from synth_disco import __version__
 from synth_disco.design import plan as make_plan
 from synth_disco.design import write_plan
-from synth_disco.engines import load_engine
-from synth_disco.engines.base import Engine
+from synth_disco.engines.base import LOAD_FIELDS, Engine, EngineConfig
+from synth_disco.engines.registry import load_engine
+from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.recipe import ModelConfig
 from synth_disco.recipe_load import LoadedRecipe, load_recipe
-from synth_disco.runner import LOAD_FIELDS, DiscussionRunner, StageResult
+from synth_disco.runner import DiscussionRunner, StageResult
 from synth_disco.store import RunStore, StoreError
 
 log = logging.getLogger("synth_disco")
@@ -147,10 +148,15 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
 
 
 # -- engines ----------------------------------------------------------------------------------
+def load_model(cfg: ModelConfig) -> Engine:
+    """The engine for a recipe's model config (its decoding settings travel with requests)."""
+    return load_engine(EngineConfig.from_mapping(cfg.model_dump()))
+
+
 class EngineCache:
     """One engine per distinct set of weights, loaded on first use, shared by all stages."""
 
-    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_engine):
+    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_model):
         self._loader = loader
         self._engines: dict[str, Engine] = {}
 
@@ -226,7 +232,7 @@ def build(
     out: Path | None = None,
     stage: Stage = "all",
     retry_failed: bool = False,
-    engine_loader: Callable[[ModelConfig], Engine] = load_engine,
+    engine_loader: Callable[[ModelConfig], Engine] = load_model,
     verbose: bool = False,
 ) -> BuildReport:
     """Run (or resume) every step of a recipe into ``out``; see the module docstring."""
@@ -343,7 +349,7 @@ def run_annotation(
     retry_failed: bool,
 ) -> Any:
     """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
-    from synth_disco.annotation.stage import run_annotation_stage
+    from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
 
     recipe = loaded.recipe
     cfg = recipe.annotation
@@ -359,6 +365,7 @@ def run_annotation(
         model_name=model_cfg.model,
         seed=recipe.seed,
         should_stop=should_stop,
+        params=default_generate_params(cfg, sampling_params_from(model_cfg)),
         retry_failed=retry_failed,
     )
     return result
