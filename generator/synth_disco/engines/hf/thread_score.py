@@ -75,6 +75,7 @@ class ThreadScorer:
         message, or a model whose packed scores do not match its plain ones (checked once, on
         the first call) are scored one prompt at a time instead.
         """
+        lm = self.lm
         slots = [(i, q) for i, req in enumerate(requests) for q in range(len(req.questions))]
         index = {slot: n for n, slot in enumerate(slots)}
         results: list[LabelScores | None] = [None] * len(slots)
@@ -92,17 +93,17 @@ class ThreadScorer:
             kept_slots: list[int] = []
             kept_firsts: list[list[int]] = []
             for q, (question, tokens) in enumerate(zip(req.questions, questions, strict=True)):
-                firsts = [self.lm.label_ids(lab)[:1] for lab in question.labels]
+                firsts = [lm.label_ids(lab)[:1] for lab in question.labels]
                 view = ends[question.after] + len(tokens) if 0 <= question.after < len(ends) else 0
                 if not tokens or not view or not all(firsts):
                     plain.append((i, q))  # the plain path reports what is wrong
                 elif len({f[0] for f in firsts}) < len(firsts):
                     plain.append((i, q))  # multi-token labels: scored token by token
-                elif view + 1 > self.lm.max_context:
+                elif view + 1 > lm.max_context:
                     results[index[i, q]] = error_scores(
                         question.id,
                         view,
-                        f"prompt of {view} tokens exceeds the model context of {self.lm.max_context}",
+                        f"prompt of {view} tokens exceeds the model context of {lm.max_context}",
                     )
                 else:
                     kept_tokens.append(tokens)
@@ -114,7 +115,7 @@ class ThreadScorer:
                 read = segments[: max(kept_after) + 1]
                 trunk = [t for part in (head, *read) for t in part]
                 thread = PackedThread(trunk, ends, kept_tokens, kept_after)
-                if self.lm.window is not None and thread.cost > self.lm.window:
+                if lm.window is not None and thread.cost > lm.window:
                     # Past a sliding-window layer's reach the packed mask would see too far
                     # (and the model's cache keeps only the window): one prompt per label.
                     plain.extend(slots[n] for n in kept_slots)
