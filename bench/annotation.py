@@ -125,12 +125,15 @@ def baseline(model, tokenizer, tasks, prompts, labels, max_new_tokens: int) -> t
     return time.perf_counter() - start, ok
 
 
-def stage(engine, cfg, comments, annotators, max_batch: int) -> tuple[float, int]:
+def stage(
+    engine, cfg, comments, annotators, max_batch: int, max_new_tokens: int
+) -> tuple[float, int]:
     """The annotate stage on a fresh run directory: seconds and labels given."""
     import pyarrow.parquet as pq
 
-    from synth_disco.annotation.stage import run_annotation_stage
+    from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
     from synth_disco.annotation.tasks import comments_table
+    from synth_disco.engines.base import SamplingParams
     from synth_disco.store.run_dir import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +143,7 @@ def stage(engine, cfg, comments, annotators, max_batch: int) -> tuple[float, int
         run_annotation_stage(
             store, {0: table}, [0], cfg, annotators, engine, model_name="tiny", seed=0,
             max_batch=max_batch, progress=lambda n: None,
+            params=default_generate_params(cfg, SamplingParams(max_new_tokens=max_new_tokens)),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         rows = pq.read_table(store.shard_path("annotate", 0, "annotations")).to_pylist()
@@ -166,8 +170,9 @@ def main() -> None:
 
     from synth_disco.annotation.prompts import PromptBuilder
     from synth_disco.annotation.tasks import build_tasks
-    from synth_disco.engines import load_engine
-    from synth_disco.recipe.schema import AnnotationConfig, ModelConfig
+    from synth_disco.engines.base import EngineConfig
+    from synth_disco.engines.registry import load_engine
+    from synth_disco.recipe.schema import AnnotationConfig
     from synth_disco.records import Persona
 
     torch.set_num_threads(args.threads)
@@ -175,9 +180,7 @@ def main() -> None:
     def fresh_engine():
         # A new engine (same model files) per timed synth-disco run: the engine keeps prompt
         # prefixes for reuse, and a run must not find the previous run's prompts stored.
-        return load_engine(
-            ModelConfig(engine="tiny", model="tiny", max_new_tokens=args.max_new_tokens)
-        )
+        return load_engine(EngineConfig("tiny", engine="tiny"))
 
     engine = fresh_engine()
     annotators = [
@@ -199,21 +202,26 @@ def main() -> None:
     labels = list(cfg("generate").dimensions["toxicity"].labels)
     systems = {
         "one-at-a-time generate + parse (SynDisco-style)": lambda: baseline(
-            engine.model, engine.tokenizer, tasks, prompts, labels, args.max_new_tokens
+            engine.lm.model, engine.lm.tokenizer, tasks, prompts, labels, args.max_new_tokens
         ),
         "synth-disco annotate stage, score": lambda: stage(
-            fresh_engine(), cfg("score"), comments, annotators, args.max_batch
+            fresh_engine(), cfg("score"), comments, annotators, args.max_batch, args.max_new_tokens
         ),
         "synth-disco annotate stage, generate (batched)": lambda: stage(
-            fresh_engine(), cfg("generate"), comments, annotators, args.max_batch
+            fresh_engine(),
+            cfg("generate"),
+            comments,
+            annotators,
+            args.max_batch,
+            args.max_new_tokens,
         ),
     }
     # Warm up every system on a small slice (first shapes, allocator, lazy imports).
     warm = comments[: args.comments]
     warm_tasks = build_tasks(warm, cfg("generate"), annotators, seed=0)[:4]
-    baseline(engine.model, engine.tokenizer, warm_tasks, prompts, labels, args.max_new_tokens)
-    stage(engine, cfg("score"), warm, annotators, args.max_batch)
-    stage(engine, cfg("generate"), warm, annotators, args.max_batch)
+    baseline(engine.lm.model, engine.lm.tokenizer, warm_tasks, prompts, labels, args.max_new_tokens)
+    stage(engine, cfg("score"), warm, annotators, args.max_batch, args.max_new_tokens)
+    stage(engine, cfg("generate"), warm, annotators, args.max_batch, args.max_new_tokens)
 
     times: dict[str, list[float]] = {name: [] for name in systems}
     labelled: dict[str, int] = {}

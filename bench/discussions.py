@@ -93,18 +93,19 @@ def run_one_at_a_time(specs: list[Any], engine: Any) -> tuple[float, dict[str, l
 
 
 def load_engine(threads: int, max_batch_size: int, max_batch_tokens: int | None) -> Any:
+    from synth_disco.engines.base import EngineConfig
     from synth_disco.engines.hf import TransformersEngine
 
     set_torch_threads(threads)
     path = forced_length_tiny_model()
-    return TransformersEngine(
+    config = EngineConfig(
         str(path),
-        model_id="tiny",
         dtype="float32",
         device="cpu",
         max_batch_size=max_batch_size,
         max_batch_tokens=max_batch_tokens,
     )
+    return TransformersEngine(config, model_id="tiny")
 
 
 def breakdown(engine: Any, specs: list[Any], new_tokens: int) -> None:
@@ -124,19 +125,19 @@ def breakdown(engine: Any, specs: list[Any], new_tokens: int) -> None:
             r = state.next_request()
             state.apply(Completion(r.id, filler, 0, len(filler), "length"))
     # The engine's own tokenisation and left padding, then plain generate: no runner involved.
-    prompts = sorted((engine._encode(s.next_request().messages) for s in states), key=len)
+    prompts = sorted((engine.lm.encode(s.next_request().messages) for s in states), key=len)
 
     def generate(rows: list[list[int]], new: int) -> float:
-        ids, mask = engine._left_pad(rows)
+        ids, mask = engine.lm.left_pad(rows)
         cfg = GenerationConfig(
             max_new_tokens=new,
             do_sample=False,
-            pad_token_id=engine._pad_id,
-            eos_token_id=engine._eos_ids,
+            pad_token_id=engine.lm.pad_id,
+            eos_token_id=engine.lm.eos_ids,
         )
         start = time.perf_counter()
         with torch.inference_mode():
-            engine.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+            engine.lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
         return time.perf_counter() - start
 
     def best(rows: list[list[int]], new: int, n: int = 3) -> float:

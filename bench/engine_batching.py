@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from synth_disco.engines.base import ChatRequest, SamplingParams
+from synth_disco.engines.base import ChatRequest, EngineConfig, SamplingParams
 from synth_disco.engines.hf import TransformersEngine
 from synth_disco.engines.tiny import ensure_tiny_model
 
@@ -92,13 +92,16 @@ def main() -> None:
     )
 
     def batched_engine() -> TransformersEngine:
-        return TransformersEngine(
+        config = EngineConfig(
             path, dtype="float32", device="cpu", prefix_cache_mb=args.prefix_cache_mb
         )
+        return TransformersEngine(config)
 
     engine = batched_engine()
     # The baseline is plain one-at-a-time generation: no state kept between calls.
-    single = TransformersEngine(path, dtype="float32", device="cpu", prefix_cache_mb=0)
+    single = TransformersEngine(
+        EngineConfig(path, dtype="float32", device="cpu", prefix_cache_mb=0)
+    )
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     turns = args.participants * args.turns_each
     nb = args.baseline_discussions

@@ -259,12 +259,12 @@ def raw_ceiling(engine: Any, shapes: list[tuple[int, int]], new_tokens: int, see
     from transformers import GenerationConfig
 
     gen = torch.Generator().manual_seed(seed)
-    model = engine.model
+    model = engine.lm.model
     cfg = GenerationConfig(
         max_new_tokens=new_tokens,
         do_sample=False,
-        pad_token_id=engine.tokenizer.pad_token_id,
-        eos_token_id=engine.tokenizer.eos_token_id,
+        pad_token_id=engine.lm.tokenizer.pad_token_id,
+        eos_token_id=engine.lm.tokenizer.eos_token_id,
     )
     low = len(SPECIALS)
     for rows, length in shapes:
@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
+    from synth_disco.engines.base import EngineConfig
     from synth_disco.engines.hf import TransformersEngine
     from synth_disco.store.run_dir import RunStore
 
@@ -375,18 +376,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def fresh_engine() -> Any:
         # A new engine per measured phase: the engine keeps prompt prefixes for reuse, and a
         # phase must not find an earlier phase's identical prompts already stored.
-        return TransformersEngine(
+        config = EngineConfig(
             str(path),
-            model_id="llama-3.2-1b-random" if not tiny else "tiny-llama-random",
             dtype=dtype,
             device=device,
             max_batch_size=args.max_batch_size,
             max_batch_tokens=args.max_batch_tokens,
         )
+        model_id = "llama-3.2-1b-random" if not tiny else "tiny-llama-random"
+        return TransformersEngine(config, model_id=model_id)
 
     with Timer() as t_load:
         engine = fresh_engine()
-    n_params = sum(p.numel() for p in engine.model.parameters())
+    n_params = sum(p.numel() for p in engine.lm.model.parameters())
     model_cfg = {"engine": "transformers", "model": "bench", "max_new_tokens": w.new_tokens}
     specs = synth_disco_specs(w, model_cfg)
 

@@ -262,20 +262,21 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
     set_torch_threads(spec["threads"])
     from synth_disco.annotation.stage import run_annotation_stage
     from synth_disco.discussion.stage import DiscussionRunner
+    from synth_disco.engines.base import EngineConfig
     from synth_disco.engines.hf import TransformersEngine
     from synth_disco.recipe.schema import AnnotationConfig
     from synth_disco.records import Persona
     from synth_disco.store.run_dir import RunStore
 
     logging.getLogger("synth_disco").setLevel(logging.WARNING)
-    engine = TransformersEngine(
+    config = EngineConfig(
         spec["model_path"],
-        model_id="tiny",
         dtype="float32",
         device="cpu",
         max_batch_size=spec["max_batch_size"],
         max_batch_tokens=max_batch_tokens,
     )
+    engine = TransformersEngine(config, model_id="tiny")
     startup_s = time.perf_counter() - start
     rss_loaded = peak_rss_mb()
     w = Workload(**spec["workload"])

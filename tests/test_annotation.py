@@ -30,7 +30,13 @@ from synth_disco.annotation.tasks import (
     build_tasks,
     comments_table,
 )
-from synth_disco.engines.base import ChatRequest, Completion, LabelScores, ScoreRequest
+from synth_disco.engines.base import (
+    Capabilities,
+    ChatRequest,
+    Completion,
+    LabelScores,
+    ScoreRequest,
+)
 from synth_disco.recipe.schema import AnnotationConfig, Recipe
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
@@ -790,10 +796,10 @@ def test_annotate_existing_rejects_unknown_input(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_engine():
-    from synth_disco.engines import load_engine
-    from synth_disco.recipe.schema import ModelConfig
+    from synth_disco.engines.base import EngineConfig
+    from synth_disco.engines.registry import load_engine
 
-    engine = load_engine(ModelConfig(engine="tiny", model="tiny"))
+    engine = load_engine(EngineConfig("tiny", engine="tiny"))
     yield engine
     engine.close()
 
@@ -825,6 +831,8 @@ def test_tiny_model_score_method_end_to_end(tmp_path, tiny_engine):
 
 class PromptByPrompt:
     """The tiny engine without ``score_threads``: every label scored on its own prompt."""
+
+    capabilities = Capabilities()
 
     def __init__(self, engine):
         self.inner = engine
@@ -909,7 +917,7 @@ class CrashingWrapper:
 def test_thread_layout_sends_threads_too_long_for_the_model_alone_and_trimmed(
     tmp_path, tiny_engine, monkeypatch
 ):
-    monkeypatch.setattr(tiny_engine, "_max_context", 1600)
+    monkeypatch.setattr(tiny_engine.lm, "max_context", 1600)
     packed, alone = [], []
     real_threads, real_score = tiny_engine.score_threads, tiny_engine.score
     monkeypatch.setattr(

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from synth_disco.engines import load_engine, sampling_params_from, tiny_seed
-from synth_disco.engines.base import ChatRequest, SamplingParams, ScoreRequest
-from synth_disco.engines.errors import EngineLoadError
+from synth_disco.engines.base import (
+    LOAD_FIELDS,
+    ChatRequest,
+    EngineConfig,
+    EngineLoadError,
+    SamplingParams,
+    ScoreRequest,
+    capabilities_of,
+)
 from synth_disco.engines.hf import TransformersEngine
-from synth_disco.engines.prefix_cache import PrefixStore
-from synth_disco.engines.sampling import SeededSampler
-from synth_disco.engines.tiny import ensure_tiny_model
+from synth_disco.engines.hf.prefix_cache import PrefixStore
+from synth_disco.engines.hf.sampler import SeededSampler
+from synth_disco.engines.registry import ENGINE_NAMES, ENGINES, load_engine
+from synth_disco.engines.sampling import sampling_params_from
+from synth_disco.engines.tiny import ensure_tiny_model, tiny_seed
+from synth_disco.errors import SynthDiscoError
 
 SAMPLED = SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.95)
 GREEDY = SamplingParams(max_new_tokens=24)
@@ -27,9 +40,15 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(0, tmp_path_factory.mktemp("tiny-cache"))
 
 
+def cpu_engine(path: Path, model_id: str | None = None, **settings) -> TransformersEngine:
+    """The transformers engine on ``path`` in float32 on the CPU (``settings``: EngineConfig)."""
+    config = EngineConfig(str(path), dtype="float32", device="cpu", **settings)
+    return TransformersEngine(config, model_id=model_id)
+
+
 @pytest.fixture(scope="session")
 def engine(tiny_path: Path) -> TransformersEngine:
-    return TransformersEngine(str(tiny_path), dtype="float32", device="cpu", model_id="tiny")
+    return cpu_engine(tiny_path, model_id="tiny")
 
 
 def chat(i: int, words: int | None = None) -> list[dict[str, str]]:
@@ -99,9 +118,9 @@ def test_greedy_batched_equals_each_request_alone(engine: TransformersEngine) ->
 
 
 def test_right_padded_prefill_matches_plain_generate(tiny_path: Path) -> None:
-    fast = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
-    plain = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
-    plain._fast_prefill = False
+    fast = cpu_engine(tiny_path)
+    plain = cpu_engine(tiny_path)
+    plain._prefill.fast = False
     reqs = [request(i, GREEDY) for i in range(8)] + [request(i + 8) for i in range(8)]
     assert [c.text for c in fast.generate(reqs)] == [c.text for c in plain.generate(reqs)]
 
@@ -118,7 +137,7 @@ def test_seeded_sampling_ignores_batch_neighbours(
         assert got[target.id] == solo
     # Other batch cuts (smaller batches) give the same texts too.
     together = [c.text for c in engine.generate(companions)]
-    monkeypatch.setattr(engine, "max_batch_size", 3)
+    monkeypatch.setattr(engine._batcher, "max_batch_size", 3)
     assert [c.text for c in engine.generate(companions)] == together
 
 
@@ -192,10 +211,10 @@ def test_invalid_params_error_only_that_request(engine: TransformersEngine) -> N
 def test_out_of_memory_halves_the_batch(
     tiny_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    eng = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    eng = cpu_engine(tiny_path)
     reqs = [request(i) for i in range(11)]
     expected = [c.text for c in eng.generate(reqs)]
-    real = eng._generate_batch
+    real = eng._generator.generate_batch
     sizes: list[int] = []
 
     def flaky(items, *args):
@@ -204,7 +223,7 @@ def test_out_of_memory_halves_the_batch(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(items, *args)
 
-    monkeypatch.setattr(eng, "_generate_batch", flaky)
+    monkeypatch.setattr(eng._generator, "generate_batch", flaky)
     with caplog.at_level("WARNING"):
         assert [c.text for c in eng.generate(reqs)] == expected
     assert sizes == [11, 5, 2, 3, 6, 3, 3]  # halves, depth first, in request-length order
@@ -218,25 +237,25 @@ def test_out_of_memory_halves_the_batch(
 def test_failure_of_a_single_request_spares_the_others(
     tiny_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    eng = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    eng = cpu_engine(tiny_path)
     reqs = [request(i) for i in range(6)]
     expected = [c.text for c in eng.generate(reqs)]
-    real = eng._generate_batch
+    real = eng._generator.generate_batch
 
     def picky(items, *args):
         if any(it.request.id == "r4" for it in items):
             raise RuntimeError("CUDA error: out of memory")
         return real(items, *args)
 
-    monkeypatch.setattr(eng, "_generate_batch", picky)
+    monkeypatch.setattr(eng._generator, "generate_batch", picky)
     out = eng.generate(reqs)
     assert out[4].finish_reason == "error" and "out of memory" in out[4].error
     assert [c.text for i, c in enumerate(out) if i != 4] == expected[:4] + expected[5:]
 
 
 def test_prefix_reuse_across_turns_keeps_texts(tiny_path: Path) -> None:
-    cached = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
-    fresh = TransformersEngine(str(tiny_path), dtype="float32", device="cpu", prefix_cache_mb=0)
+    cached = cpu_engine(tiny_path)
+    fresh = cpu_engine(tiny_path, prefix_cache_mb=0)
     histories: list[list[str]] = [[] for _ in range(6)]
     for turn in range(3):
         reqs = []
@@ -260,12 +279,12 @@ def test_prefix_reuse_across_turns_keeps_texts(tiny_path: Path) -> None:
 def test_prefill_in_row_groups_keeps_texts_and_its_fast_path(tiny_path: Path) -> None:
     # Tight CPU limits split every prefill into groups of rows: texts must not change, and the
     # engine must not have fallen back to generate's own (slower, bigger) prefill.
-    small = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
-    small._prefill_limits = (64, 4096)
+    small = cpu_engine(tiny_path)
+    small.lm.prefill_limits = (64, 4096)
     reqs = [request(i, GREEDY) for i in range(8)]
     for _ in range(2):  # the second round reuses stored prefixes (masked prefill, grouped)
         assert [c.text for c in small.generate(reqs)] == alone(small, reqs)
-    assert small._fast_prefill
+    assert small._prefill.fast
     assert small.prefix_stats()["hit_tokens"] > 0
 
 
@@ -281,19 +300,19 @@ def test_score_reuses_shared_prompts_without_changing_probabilities(tiny_path: P
                 {"role": "user", "content": f"{body}\nYou are the annotator {who}."},
             ]
             reqs.append(ScoreRequest(f"s{i}{who}", messages, ("1", "2", "3")))
-    cached = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
-    fresh = TransformersEngine(str(tiny_path), dtype="float32", device="cpu", prefix_cache_mb=0)
+    cached = cpu_engine(tiny_path)
+    fresh = cpu_engine(tiny_path, prefix_cache_mb=0)
     got, want = cached.score(reqs), fresh.score(reqs)
     for g, w in zip(got, want, strict=True):
         assert g.label == w.label
         assert torch.allclose(torch.tensor(g.probs), torch.tensor(w.probs), atol=1e-5)
-    assert cached.prefix_stats()["hit_tokens"] > 0 and cached._fast_prefill
+    assert cached.prefix_stats()["hit_tokens"] > 0 and cached._prefill.fast
 
 
 def test_default_prefix_store_is_sized_to_the_model(engine: TransformersEngine) -> None:
     # One batch of 1,024-token prompts of the tiny model: a few MiB, not a fixed 512 MiB.
-    budget = engine._prefix.budget_bytes
-    assert budget == engine.max_batch_size * 1024 * engine._kv_bytes_per_token()
+    budget = engine._prefill.store.budget_bytes
+    assert budget == engine.config.max_batch_size * 1024 * engine.lm.kv_bytes_per_token
     assert budget < 64 * 2**20
 
 
@@ -418,9 +437,9 @@ def test_missing_chat_template_is_a_load_error(tiny_path: Path, tmp_path: Path) 
     cfg.pop("chat_template", None)
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(EngineLoadError, match="chat_template"):
-        TransformersEngine(str(bare), dtype="float32", device="cpu")
+        cpu_engine(bare)
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    eng = TransformersEngine(str(bare), dtype="float32", device="cpu", chat_template=template)
+    eng = cpu_engine(bare, chat_template=template)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(bare)
@@ -430,13 +449,13 @@ def test_missing_chat_template_is_a_load_error(tiny_path: Path, tmp_path: Path) 
 
 def test_nonexistent_model_path_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(EngineLoadError, match="no-such-model"):
-        TransformersEngine(str(tmp_path / "no-such-model"))
+        TransformersEngine(EngineConfig(str(tmp_path / "no-such-model")))
 
 
 def test_engine_info_has_no_local_paths(engine: TransformersEngine, tiny_path: Path) -> None:
     info = engine.engine_info()
     assert info["name"] == "tiny" and info["dtype"] == "float32" and info["device"] == "cpu"
-    by_path = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
+    by_path = cpu_engine(tiny_path)
     assert by_path.engine_info()["name"] == tiny_path.name
     assert str(tiny_path.parent) not in json.dumps(by_path.engine_info())
     assert by_path.max_context == 4096
@@ -444,44 +463,146 @@ def test_engine_info_has_no_local_paths(engine: TransformersEngine, tiny_path: P
 
 def test_load_engine_tiny_from_config(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNTH_DISCO_CACHE", str(tiny_path.parent))
-    cfg = SimpleNamespace(
-        engine="tiny",
-        model="tiny",
-        revision=None,
-        dtype="auto",
-        device=None,
-        device_map=None,
-        trust_remote_code=False,
-        max_new_tokens=20,
-        temperature=0.7,
-        top_p=0.9,
-        top_k=40,
-        repetition_penalty=1.1,
-        stop=["\n\n"],
-        chat_template=None,
-        max_batch_size=8,
-        max_batch_tokens=None,
-    )
-    eng = load_engine(cfg)
-    assert eng.model_id == "tiny" and eng.max_batch_size == 8
+    model_config = {  # a recipe's model config: load and decoding settings together
+        "engine": "tiny",
+        "model": "tiny",
+        "revision": None,
+        "dtype": "auto",
+        "device": None,
+        "device_map": None,
+        "trust_remote_code": False,
+        "max_new_tokens": 20,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "stop": ["\n\n"],
+        "chat_template": None,
+        "max_batch_size": 8,
+        "max_batch_tokens": None,
+    }
+    config = EngineConfig.from_mapping(model_config)
+    assert config == EngineConfig("tiny", engine="tiny", max_batch_size=8)
+    eng = load_engine(config)
+    assert eng.model_id == "tiny" and eng.config.max_batch_size == 8
     assert eng.engine_info()["dtype"] == "float32"
-    assert eng.default_params == SamplingParams(20, 0.7, 0.9, 40, 1.1, ("\n\n",))
-    assert sampling_params_from(cfg) == eng.default_params
+    # Decoding settings belong to the model config and travel with each request.
+    assert not hasattr(eng, "default_params")
+    params = SamplingParams(20, 0.7, 0.9, 40, 1.1, ("\n\n",))
+    assert sampling_params_from(model_config) == params
+    assert sampling_params_from(SimpleNamespace(**model_config)) == params
+    assert sampling_params_from({"temperature": None}) == SamplingParams()
     assert tiny_seed("tiny:3") == 3 and tiny_seed("tiny") == 0
-    with pytest.raises(EngineLoadError):
-        load_engine(SimpleNamespace(engine="vllm", model="x"))
+    with pytest.raises(EngineLoadError, match="unknown engine 'vllm'"):
+        load_engine(EngineConfig("x", engine="vllm"))
     eng.close()
     with pytest.raises(RuntimeError):
         eng.generate([request(0)])
 
 
-def test_engine_freezes_its_startup_heap_until_closed(tiny_path: Path) -> None:
-    import gc
+def test_registry_entries_and_load_fields() -> None:
+    assert ENGINE_NAMES == ("transformers", "tiny")
+    assert {f.name for f in dataclasses.fields(EngineConfig)} == LOAD_FIELDS
+    for name, entry in ENGINES.items():
+        assert entry.accepts <= LOAD_FIELDS, name
+        assert callable(importlib.import_module(entry.module).load), name
+    # The tiny engine reads no dtype, revision, ...: setting one is ignored, with a warning.
+    tiny = ENGINES["tiny"]
+    assert tiny.ignored(EngineConfig("tiny", engine="tiny", max_batch_size=8)) == []
+    assert tiny.ignored(EngineConfig("tiny", engine="tiny", dtype="bfloat16")) == ["dtype"]
+    assert ENGINES["transformers"].ignored(EngineConfig("m", dtype="bfloat16")) == []
 
-    gc.unfreeze()
-    engine = TransformersEngine(str(tiny_path), dtype="float32", device="cpu")
-    # The model and library objects sit outside the collector's generations while it runs...
-    assert gc.get_freeze_count() > 1000
-    engine.close()
-    # ...and go back to them when the engine is closed.
-    assert gc.get_freeze_count() == 0
+
+def test_engine_capabilities_are_declared() -> None:
+    assert TransformersEngine.capabilities.score_threads
+    assert not capabilities_of(object()).score_threads  # declares nothing: can do nothing more
+
+
+# ------------------------------------------------------------------ errors for users
+
+
+def test_engine_load_errors_are_user_errors() -> None:
+    assert issubclass(EngineLoadError, SynthDiscoError) and EngineLoadError.exit_code == 2
+    with pytest.raises(EngineLoadError, match="'tiny' or 'tiny:<seed>', got 'SmolLM2'"):
+        tiny_seed("SmolLM2")
+
+
+def test_cli_reports_a_model_the_tiny_engine_cannot_load_without_traceback(
+    tmp_path: Path,
+) -> None:
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "synth_disco", "build", str(recipe), "--out", str(tmp_path)]
+        + ["--set", "models.tiny.model=SmolLM2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "tiny:<seed>" in out.stderr and "SmolLM2" in out.stderr
+
+
+# ------------------------------------------------------------------ sharing and closing
+
+
+@pytest.mark.parametrize("first", ["discussion", "annotation"])
+def test_annotation_decodes_with_its_own_model_config_on_a_shared_engine(
+    first: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two model configs that differ only in decoding share one engine; the annotation
+    # requests must carry the annotation model's settings whichever config loaded it.
+    from synth_disco.pipeline import build
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
+    overrides = [
+        "models.ann={engine: tiny, model: tiny, max_new_tokens: 12, temperature: 0.3}",
+        "annotation.model=ann",
+        "annotation.method=generate",
+        "replicates=1",
+    ]
+    if first == "annotation":  # discussions done beforehand: the annotate stage loads first
+        build(recipe, overrides, out=tmp_path, stage="discuss")
+    seen: dict[int, set[SamplingParams]] = {}
+    real = TransformersEngine.generate
+
+    def recording(self, requests):
+        seen.setdefault(id(self), set()).update(r.params for r in requests)
+        return real(self, requests)
+
+    monkeypatch.setattr(TransformersEngine, "generate", recording)
+    build(recipe, overrides, out=tmp_path)
+    assert len(seen) == 1  # one engine served both configs
+    [params] = seen.values()
+    # The annotation model's settings, fitted to a one-line answer (at most 24 tokens, "\n"
+    # stops); the discussions use the smoke recipe's model (24 tokens at temperature 0.9).
+    annotation = SamplingParams(max_new_tokens=12, temperature=0.3, stop=("\n",))
+    discussion = SamplingParams(max_new_tokens=24, temperature=0.9)
+    expected = {annotation, discussion} if first == "discussion" else {annotation}
+    assert params == expected
+
+
+def test_closing_one_engine_keeps_another_engines_heap_frozen(tiny_path: Path) -> None:
+    # gc's frozen generation is one per process: run in a fresh one, so that the engines of
+    # the other tests do not hold it.
+    script = f"""
+import gc
+from synth_disco.engines.base import EngineConfig
+from synth_disco.engines.hf import TransformersEngine
+
+config = EngineConfig({str(tiny_path)!r}, dtype="float32", device="cpu")
+a = TransformersEngine(config)
+# The model and library objects sit outside the collector's generations while it runs...
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+b = TransformersEngine(config)
+a.close()
+# ...closing one engine leaves the other's frozen...
+assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
+b.close()
+# ...and they go back to the collector when the last engine is closed.
+assert gc.get_freeze_count() == 0, gc.get_freeze_count()
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr

@@ -128,10 +128,10 @@ def tiny_specs(temperature: float, n: int = 6):
 
 @pytest.fixture(scope="module")
 def tiny_engine():
-    from synth_disco.engines import load_engine
-    from synth_disco.recipe.schema import ModelConfig
+    from synth_disco.engines.base import EngineConfig
+    from synth_disco.engines.registry import load_engine
 
-    return load_engine(ModelConfig(engine="tiny", model="tiny"))
+    return load_engine(EngineConfig("tiny", engine="tiny"))
 
 
 def test_tiny_greedy_batched_equals_each_discussion_alone(tmp_path, tiny_engine):

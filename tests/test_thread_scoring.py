@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from synth_disco.engines.base import ThreadQuestion, ThreadScoreRequest, score_threads_by_prompts
+from synth_disco.engines.base import (
+    EngineConfig,
+    ThreadQuestion,
+    ThreadScoreRequest,
+    score_threads_by_prompts,
+)
 from synth_disco.engines.hf import TransformersEngine
 from synth_disco.engines.tiny import ensure_tiny_model
 
@@ -20,8 +25,10 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_tiny_model(0, tmp_path_factory.mktemp("tiny-cache"))
 
 
-def engine_of(path: Path, **kw) -> TransformersEngine:
-    return TransformersEngine(str(path), dtype="float32", device="cpu", model_id="tiny", **kw)
+def engine_of(path: Path, **settings) -> TransformersEngine:
+    """The engine on ``path`` in float32 on the CPU (``settings``: more EngineConfig fields)."""
+    config = EngineConfig(str(path), dtype="float32", device="cpu", **settings)
+    return TransformersEngine(config, model_id="tiny")
 
 
 def thread(k: int, n: int, annotators: int = 2, labels: tuple[str, ...] = LABELS):
@@ -46,15 +53,15 @@ def token_level_reference(
     engine: TransformersEngine, req: ThreadScoreRequest
 ) -> dict[str, torch.Tensor]:
     """Each question's label distribution from one plain forward pass over its own tokens."""
-    [(head, segments, questions)] = engine._thread_pieces([req])
+    [(head, segments, questions)] = engine._threads.pieces([req])
     trunk = head + [t for s in segments for t in s]
     ends = [len(head) + sum(len(s) for s in segments[: j + 1]) for j in range(len(segments))]
     out = {}
     for q, tokens in zip(req.questions, questions, strict=True):
         view = trunk[: ends[q.after]] + tokens
         with torch.inference_mode():
-            logits = engine.model(torch.tensor([view])).logits[0, -1]
-        firsts = [engine._label_ids(lab)[0] for lab in q.labels]
+            logits = engine.lm.model(torch.tensor([view])).logits[0, -1]
+        firsts = [engine.lm.label_ids(lab)[0] for lab in q.labels]
         out[q.id] = logits[firsts].softmax(0)
     return out
 
@@ -63,7 +70,7 @@ def test_packed_scores_equal_each_question_scored_alone(tiny_path: Path) -> None
     engine = engine_of(tiny_path)
     reqs = [thread(k, 2 + k % 5) for k in range(7)]  # different lengths share batches
     got = engine.score_threads(reqs)
-    assert engine._packed_ok is True
+    assert engine._threads.packed_ok is True
     assert [r.id for r in got] == [q.id for req in reqs for q in req.questions]
     by_id = {r.id: r for r in got}
     for req in reqs:
@@ -84,7 +91,7 @@ def test_batch_limits_and_prefix_store_do_not_change_scores(tiny_path: Path) -> 
     reqs = [thread(k, 3 + k % 4) for k in range(6)]
     want = engine_of(tiny_path).score_threads(reqs)
     small = engine_of(tiny_path)
-    small._prefill_limits = (300, 64 * 1024)  # one thread per pass, prefill in row groups
+    small.lm.prefill_limits = (300, 64 * 1024)  # one thread per pass, prefill in row groups
     no_store = engine_of(tiny_path, prefix_cache_mb=0)
     for other in (small, no_store):
         for _ in range(2):  # the second round finds the trunks' heads in the prefix store
@@ -116,26 +123,27 @@ def test_a_model_that_ignores_the_mask_is_detected_and_scored_plainly(
     tiny_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = engine_of(tiny_path)
-    real = engine._packed_logits
+    real = engine._threads.packed_logits
 
     def unmasked(threads):  # what a model that drops custom 4D masks would return
         out = real(threads)
         return out + torch.randn_like(out)
 
-    monkeypatch.setattr(engine, "_packed_logits", unmasked)
+    monkeypatch.setattr(engine._threads, "packed_logits", unmasked)
     reqs = [thread(k, 3) for k in range(3)]
     got = engine.score_threads(reqs)
-    assert engine._packed_ok is False
+    assert engine._threads.packed_ok is False
     for g, p in zip(got, score_threads_by_prompts(engine, reqs), strict=True):
         assert g.probs == pytest.approx(p.probs, abs=1e-6)
 
 
 def test_bfloat16_packed_scores_stay_close_to_plain_ones(tiny_path: Path) -> None:
     # What a GPU run uses: the additive mask in bfloat16, the self-check's wider tolerance.
-    engine = TransformersEngine(str(tiny_path), dtype="bfloat16", device="cpu", model_id="tiny")
+    config = EngineConfig(str(tiny_path), dtype="bfloat16", device="cpu")
+    engine = TransformersEngine(config, model_id="tiny")
     reqs = [thread(k, 2 + k % 5) for k in range(6)]
     got = engine.score_threads(reqs)
-    assert engine._packed_ok is True
+    assert engine._threads.packed_ok is True
     for g, p in zip(got, score_threads_by_prompts(engine, reqs), strict=True):
         assert g.probs == pytest.approx(p.probs, abs=1e-2)
 
@@ -152,7 +160,7 @@ def test_sliding_window_models_score_long_views_plainly(
     torch.manual_seed(0)
     window = 160
     cfg = MistralConfig(
-        vocab_size=engine_of(tiny_path).model.config.vocab_size,
+        vocab_size=engine_of(tiny_path).lm.model.config.vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -166,23 +174,23 @@ def test_sliding_window_models_score_long_views_plainly(
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             shutil.copy(f, tmp_path / f.name)
     engine = engine_of(tmp_path)
-    assert engine._window == window
+    assert engine.lm.window == window
     packed_views: list[int] = []
-    real = engine._packed_logits
+    real = engine._threads.packed_logits
 
     def recording(threads):
         packed_views.extend(len(t.trunk) + t.branch_length for t in threads)
         return real(threads)
 
-    monkeypatch.setattr(engine, "_packed_logits", recording)
+    monkeypatch.setattr(engine._threads, "packed_logits", recording)
     reqs = [thread(k, n) for k in range(3) for n in (1, 2, 4)]  # ~100 to ~550 tokens
     plain = score_threads_by_prompts(engine, reqs)
     got = engine.score_threads(reqs)
-    assert engine._packed_ok is True and packed_views and max(packed_views) <= window
+    assert engine._threads.packed_ok is True and packed_views and max(packed_views) <= window
     for g, p in zip(got, plain, strict=True):
         assert g.label == p.label and g.probs == pytest.approx(p.probs, abs=1e-5)
     # Without the guard the long threads would not come out as their plain prompts.
-    engine._window = None
+    engine.lm.window = None
     unguarded = engine.score_threads(reqs)
     assert max(packed_views) > window
     assert any(

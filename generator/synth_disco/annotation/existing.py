@@ -20,7 +20,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth_disco.annotation.aggregate import write_aggregates
-from synth_disco.annotation.stage import ProgressLike, run_annotation_stage
+from synth_disco.annotation.stage import (
+    ProgressLike,
+    default_generate_params,
+    run_annotation_stage,
+)
 from synth_disco.annotation.syndisco_import import read_syndisco_dir
 from synth_disco.annotation.tasks import (
     AnnotationError,
@@ -28,6 +32,9 @@ from synth_disco.annotation.tasks import (
     comments_table,
     group_discussions,
 )
+from synth_disco.engines.base import EngineConfig
+from synth_disco.engines.registry import load_engine
+from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.errors import SynthDiscoError
 from synth_disco.records import Comment
 from synth_disco.store.run_dir import RunStore, StoreError
@@ -197,9 +204,7 @@ def annotate_existing(
     model_cfg = recipe.model_for(cfg.model)
     own_engine = engine is None
     if own_engine:
-        from synth_disco.engines import load_engine
-
-        engine = load_engine(model_cfg)
+        engine = load_engine(EngineConfig.from_mapping(model_cfg.model_dump()))
     try:
         result = run_annotation_stage(
             store,
@@ -213,6 +218,7 @@ def annotate_existing(
             max_batch=max_batch,
             progress=progress,
             should_stop=should_stop,
+            params=default_generate_params(cfg, sampling_params_from(model_cfg)),
             retry_failed=retry_failed,
         )
     finally:

@@ -30,6 +30,7 @@ from synth_disco.engines.base import (
     ScoreRequest,
     ThreadQuestion,
     ThreadScoreRequest,
+    capabilities_of,
 )
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
@@ -118,7 +119,7 @@ class _Caller:
         if (
             self.cfg.method == "score"
             and self.cfg.layout == "thread"
-            and hasattr(self.engine, "score_threads")
+            and capabilities_of(self.engine).score_threads
         ):
             return self._score_threads([t for t, _ in batch])
         if self.cfg.method == "score":
@@ -329,8 +330,8 @@ def run_annotation_stage(
     ``comments_by_shard`` gives a shard's ``comments`` table (a function, a mapping, or a
     list indexed by shard number). ``progress`` is a :class:`Progress`, or a callback given
     the number of labels just finished; None logs progress lines. ``params`` are the generate
-    method's decoding settings (default: the engine's ``default_params`` passed through
-    :func:`default_generate_params`); ``prompts``
+    method's decoding settings (the build passes the annotation model's own, through
+    :func:`default_generate_params`; default: :class:`SamplingParams` defaults); ``prompts``
     overrides the templates; ``retry_failed`` reopens done shards with failed labels and asks
     again for those.
     """
@@ -339,8 +340,8 @@ def run_annotation_stage(
     start = time.perf_counter()
     result = StageResult()
     prompts = prompts or PromptBuilder(cfg)
-    if params is None:  # the model's own settings (temperature, ...), fitted to short answers
-        params = default_generate_params(cfg, getattr(engine, "default_params", None))
+    if params is None:  # decoding travels with requests: the engine has no settings of its own
+        params = default_generate_params(cfg)
     caller = _Caller(cfg, prompts, engine, seed, params)
     tracker = _Tracker(progress)
     try:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from synth_disco.discussion.state import DiscussionState
-from synth_disco.engines.base import ChatRequest, Engine
+from synth_disco.engines.base import LOAD_FIELDS, ChatRequest, Engine
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe.schema import ModelConfig
@@ -241,18 +241,3 @@ class DiscussionRunner:
         for journal in touched.values():
             journal.sync()
         crash_point("discuss.step")
-
-
-# The model settings that decide which weights are loaded (decoding settings travel per request).
-LOAD_FIELDS = {
-    "engine",
-    "model",
-    "revision",
-    "dtype",
-    "device",
-    "device_map",
-    "trust_remote_code",
-    "chat_template",
-    "max_batch_size",
-    "max_batch_tokens",
-}

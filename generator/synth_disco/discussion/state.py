@@ -30,7 +30,8 @@ from synth_disco.discussion.prompts import (
     build_messages,
     templates_for,
 )
-from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
+from synth_disco.engines.base import ChatRequest, Completion
+from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.recipe.schema import DiscussionConfig, ModelConfig
 from synth_disco.records import Comment, DiscussionSpec, Event
 from synth_disco.seeds import derive_seed
@@ -42,17 +43,6 @@ def model_label(cfg: ModelConfig) -> str:
     if model.startswith(("/", ".", "~")) or "\\" in model:
         return model.replace("\\", "/").split("/")[-1]
     return model
-
-
-def sampling_params(cfg: ModelConfig) -> SamplingParams:
-    return SamplingParams(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        repetition_penalty=cfg.repetition_penalty,
-        stop=tuple(cfg.stop),
-    )
 
 
 def _persona_text(persona: str | dict[str, Any]) -> str:
@@ -206,7 +196,7 @@ class DiscussionState:
         )
         seed = derive_seed(self.spec.seed, slot.key, self.attempt, self.round)
         rid = f"{self.spec.discussion_id}/{slot.key}/{self.round}.{self.attempt}"
-        return ChatRequest(rid, messages, seed, sampling_params(model_cfg))
+        return ChatRequest(rid, messages, seed, sampling_params_from(model_cfg))
 
     def model_config_for_next(self) -> ModelConfig:
         """The model config that must answer the pending request."""
@@ -336,7 +326,7 @@ class DiscussionState:
         model_cfg = self._models[self.model_name]
         mod = self.cfg.moderator
         generated = self.comments[self.n_seed :]
-        params = sampling_params(model_cfg)
+        params = sampling_params_from(model_cfg)
         return {
             "discussion_id": spec.discussion_id,
             "index": spec.index,

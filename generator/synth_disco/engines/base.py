@@ -1,15 +1,75 @@
 """The engine contract: chat requests in, completions (or label scores) out.
 
-Engines know nothing of discussions. A request carries its own seed so that its text never
-depends on which other requests happen to share a batch.
+Engines know nothing of discussions. A request carries its own seed and decoding settings, so
+that its text never depends on which other requests share a batch, nor on which model config
+happened to load the engine (configs that differ only in decoding share one engine). What an
+engine is loaded with is an :class:`EngineConfig`; optional methods are declared in its
+:class:`Capabilities`, not probed for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, Protocol
+
+from synth_disco.errors import SynthDiscoError
 
 FinishReason = Literal["stop", "length", "eos", "error"]
+
+
+class EngineLoadError(SynthDiscoError):
+    """A model or tokenizer could not be loaded; the message names the model and the fix.
+
+    Exit code 2: the model named (or how it is to be loaded) is wrong input, not a crash.
+    """
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What an engine is loaded with: the settings that decide which weights are loaded and how.
+
+    Decoding settings are not here: they travel with each request (:class:`SamplingParams`).
+    ``None`` means the engine's own default (a device: CUDA when available; a prefix cache
+    budget: sized to the model).
+    """
+
+    model: str  # hub id, local path, or "tiny" / "tiny:<seed>" for the tiny engine
+    engine: str = "transformers"  # a name in engines.registry.ENGINES
+    revision: str | None = None
+    dtype: str = "auto"  # auto, float32, bfloat16, float16
+    device: str | None = None  # "cpu", "cuda", "cuda:1"
+    device_map: str | dict[str, Any] | None = None  # e.g. "auto": spread over GPUs
+    trust_remote_code: bool = False
+    chat_template: str | None = None  # overrides the tokenizer's
+    max_batch_size: int = 64
+    max_batch_tokens: int | None = None  # padded tokens (prompt + new) in one batch
+    prefix_cache_mb: float | None = None  # 0 turns prompt prefix reuse off
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> EngineConfig:
+        """The config in ``values`` (e.g. a recipe's model config as a dict): keys that are
+        not load settings (decoding settings, ...) are ignored, ``None`` keeps the default."""
+        given = {k: values[k] for k in LOAD_FIELDS if values.get(k) is not None}
+        return cls(**given)
+
+    def non_defaults(self) -> set[str]:
+        """Names of the fields set to something other than their default."""
+        return {
+            f.name
+            for f in fields(self)
+            if f.default is MISSING or getattr(self, f.name) != f.default
+        }
+
+
+# The model settings that decide which engine is loaded: configs equal in these share one.
+LOAD_FIELDS = frozenset(f.name for f in fields(EngineConfig))
 
 
 @dataclass(frozen=True)
@@ -90,8 +150,14 @@ class ThreadScoreRequest:
         ]
 
 
+class Scores(Protocol):
+    """Anything that scores labels as an :class:`Engine` does (an engine, or a part of one)."""
+
+    def score(self, requests: list[ScoreRequest]) -> list[LabelScores]: ...
+
+
 def score_threads_by_prompts(
-    engine: Engine, requests: list[ThreadScoreRequest]
+    engine: Scores, requests: list[ThreadScoreRequest]
 ) -> list[LabelScores]:
     """The reference for ``score_threads``: every question as its own :class:`ScoreRequest`.
 
@@ -117,11 +183,23 @@ class LabelScores:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """The optional methods an engine implements, declared as its ``capabilities``.
+
+    ``score_threads(requests: list[ThreadScoreRequest]) -> list[LabelScores]``: results in
+    request order then question order, as :func:`score_threads_by_prompts` gives them.
+    """
+
+    score_threads: bool = False
+
+
 class Engine(Protocol):
-    """What the runner needs from a model backend."""
+    """What the stages need from a model backend."""
 
     model_id: str  # the model as the recipe named it (hub id, path or "tiny"), for records
     revision: str | None
+    capabilities: Capabilities
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]: ...
 
@@ -129,10 +207,14 @@ class Engine(Protocol):
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int: ...
 
-    # Optional: ``score_threads(requests: list[ThreadScoreRequest]) -> list[LabelScores]``,
-    # results in request order then question order, as :func:`score_threads_by_prompts` gives.
-
     @property
     def max_context(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def capabilities_of(engine: object) -> Capabilities:
+    """What ``engine`` declares it can do beyond the required methods; an engine (or test
+    double) that declares nothing can do nothing more."""
+    declared = getattr(engine, "capabilities", None)
+    return declared if isinstance(declared, Capabilities) else Capabilities()

@@ -10,6 +10,9 @@ logit bias that favours lower-case tokens and spaces, keeps end-of-sequence rare
 control bytes and non-ASCII tokens practically impossible (they are also listed in the
 generation config's ``suppress_tokens``). The tokenizer is a small byte-level BPE learned
 offline from a fixed text, so prompts have realistic lengths (3-4 characters a token).
+
+``engine: tiny`` (:func:`load`) builds the model for the seed in its name once, caches it, and
+runs it through the transformers engine, in float32 on the CPU unless the config says otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synth_disco.engines.base import EngineConfig, EngineLoadError
+
+if TYPE_CHECKING:
+    from synth_disco.engines.hf import TransformersEngine
 
 TINY_VERSION = "tiny-v3"  # bump whenever the built model changes: caches are keyed by it
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -82,6 +91,38 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE = 64, 2, 2, 1, 16, 128
 MAX_POSITIONS = 4096
 # Scale of the constant residual direction and of the per-token logit bias it carries.
 _BIAS_DIM_VALUE = 3.0
+
+
+def tiny_seed(model: str | None) -> int:
+    """The seed in a tiny model name: "tiny" -> 0, "tiny:3" -> 3."""
+    name = (model or "tiny").strip()
+    head, _, tail = name.partition(":")
+    if head != "tiny" or (tail and not tail.lstrip("-").isdigit()):
+        raise EngineLoadError(
+            f"the tiny engine's model must be 'tiny' or 'tiny:<seed>', got {model!r} "
+            "(to run another model, use `engine: transformers`)"
+        )
+    return int(tail) if tail else 0
+
+
+def load(config: EngineConfig) -> TransformersEngine:
+    """The registry's entry point for ``engine: tiny``: the tiny model for the seed in
+    ``config.model``, built once and loaded through the transformers engine (float32; on the
+    CPU unless ``config.device`` says otherwise). Records keep the name ("tiny", "tiny:3")."""
+    # Imported here, not at the top: building or locating the tiny model needs no torch.
+    from synth_disco.engines.hf import TransformersEngine
+
+    path = ensure_tiny_model(tiny_seed(config.model))
+    local = EngineConfig(
+        model=str(path),
+        dtype="float32",
+        device=config.device or "cpu",
+        chat_template=config.chat_template,
+        max_batch_size=config.max_batch_size,
+        max_batch_tokens=config.max_batch_tokens,
+        prefix_cache_mb=config.prefix_cache_mb,
+    )
+    return TransformersEngine(local, model_id=config.model or "tiny")
 
 
 def default_cache_root() -> Path:

@@ -23,12 +23,15 @@ import yaml
 from synth_disco import __version__
 from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.prompts import PromptBuilder, text_value
-from synth_disco.annotation.stage import run_annotation_stage
+from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
+from synth_disco.dataset.assembly import assemble
+from synth_disco.dataset.manifest import used_pools
 from synth_disco.design.plan import plan as make_plan
 from synth_disco.design.plan import write_plan
-from synth_disco.discussion.stage import LOAD_FIELDS, DiscussionRunner
-from synth_disco.engines import load_engine
-from synth_disco.engines.base import Engine
+from synth_disco.discussion.stage import DiscussionRunner
+from synth_disco.engines.base import LOAD_FIELDS, Engine, EngineConfig
+from synth_disco.engines.registry import load_engine
+from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.pipeline.world import World, detect_world
@@ -125,10 +128,15 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
 
 
 # -- engines ----------------------------------------------------------------------------------
+def load_model(cfg: ModelConfig) -> Engine:
+    """The engine for a recipe's model config (its decoding settings travel with requests)."""
+    return load_engine(EngineConfig.from_mapping(cfg.model_dump()))
+
+
 class EngineCache:
     """One engine per distinct set of weights, loaded on first use, shared by all stages."""
 
-    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_engine):
+    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_model):
         self._loader = loader
         self._engines: dict[str, Engine] = {}
 
@@ -204,7 +212,7 @@ def build(
     out: Path | None = None,
     stage: Stage = "all",
     retry_failed: bool = False,
-    engine_loader: Callable[[ModelConfig], Engine] = load_engine,
+    engine_loader: Callable[[ModelConfig], Engine] = load_model,
     verbose: bool = False,
 ) -> BuildReport:
     """Run (or resume) every step of a recipe into ``out``; see the module docstring."""
@@ -337,6 +345,7 @@ def run_annotation(
         model_name=model_cfg.model,
         seed=recipe.seed,
         should_stop=should_stop,
+        params=default_generate_params(cfg, sampling_params_from(model_cfg)),
         retry_failed=retry_failed,
         prompts=prompts,
     )
@@ -344,9 +353,6 @@ def run_annotation(
 
 
 def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
-    from synth_disco.dataset.assembly import assemble
-    from synth_disco.dataset.manifest import used_pools
-
     agreement = None
     path = store.root / "agreement.json"
     if path.exists():
