@@ -307,21 +307,37 @@ def test_card_on_an_unassembled_run_is_one_message(tmp_path: Path) -> None:
 
 
 def test_card_prints_the_exact_text_of_every_template_used(tmp_path: Path) -> None:
-    # Defect 1: templates the run never rendered were shown as "set by the recipe".
+    # Defect 1: the card named templates "set by the recipe" that nothing rendered; now every
+    # template the discussion and annotation code render is printed verbatim, and only those.
     system = "You are in a forum about {{ context }}.\n```\nNo `code` here.\n```"
+    moderator = "MODERATOR TEMPLATE {{ context }}"
+    annotation = "ANNOTATION TEMPLATE {{ target.text }}"
     store = make_run(tmp_path / "run")
     recipe, raw = make_recipe()
     raw["discussion"]["templates"] = {
         "system": system,
-        "moderator_system": "UNUSED MODERATOR TEMPLATE",
-        "annotation": "UNUSED ANNOTATION TEMPLATE",
+        "moderator_system": moderator,
+        "annotation": annotation,
     }
     recipe = Recipe.model_validate(raw)
     folder = assemble(store, recipe, raw, "fp")
 
     turn = builtin_template("turn.j2")
-    assert prompt_templates(recipe) == [("system", system), ("turn", turn)]
+    shown = dict(prompt_templates(recipe))
+    assert shown["system"] == system and shown["turn"] == turn
+    assert shown["moderator_system"] == moderator  # a factor level adds a moderator
+    assert shown["annotation: annotation (set by the recipe)"] == annotation
+    assert "annotation: window.j2" not in shown  # replaced by the recipe's
     body = (folder / "README.md").read_text()
     assert f"````jinja\n{system}\n````" in body  # a fence longer than the template's own
     assert f"```jinja\n{turn.rstrip()}\n```" in body
-    assert "UNUSED" not in body and "Moderator system prompt template" not in body
+    assert moderator in body and annotation in body
+
+
+def test_card_lists_no_template_nothing_renders(tmp_path: Path) -> None:
+    recipe, raw = make_recipe(annotate=False)
+    raw["factors"] = {"tone": {"calm": {}}}
+    raw["discussion"]["templates"] = {"moderator_system": "NEVER RENDERED"}
+    recipe = Recipe.model_validate(raw)
+    shown = dict(prompt_templates(recipe))
+    assert set(shown) == {"system", "turn"}
