@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -227,6 +228,8 @@ def test_unknown_model_at_load_lists_what_the_server_offers(server) -> None:
     with pytest.raises(EndpointError, match="offers: 'test-model'") as err:
         load(OpenAIConfig(base_url=server.url, model="other-model", **FAST))
     assert server.url in str(err.value) and err.value.exit_code == 2
+    # the failed load closed its client and stopped its thread
+    assert not [t for t in threading.enumerate() if t.name.startswith("openai-engine-")]
 
 
 def test_unreachable_server_at_load(engines) -> None:

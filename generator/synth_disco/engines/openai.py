@@ -20,6 +20,18 @@ The API key is read from the environment variable named by ``api_key_env`` when 
 loads. It is sent only in the ``Authorization`` header and is masked out of every message the
 engine writes (errors, failed results, log lines), even where a server echoes it back.
 
+Scores: ``score`` asks for one reply token with its top log-probs (``top_logprobs``, 20 by
+default) and renormalises over the labels, as the transformers engine renormalises over the
+labels' first tokens. A listed token counts for the label it spells, else for the labels it
+begins (leading whitespace aside). A label absent from the list cannot be read from the
+server, only bounded: it gets the floor, ten times less likely than the least likely listed
+token (or the probability left outside the list, if that is less); a request where no label
+is listed fails instead of returning a uniform guess. Labels that share their first token
+(known from the server's ``/tokenize``) are scored whole: each label's tokens appended to the
+templated prompt go to ``/v1/completions`` with ``echo`` and vLLM's ``prompt_logprobs``, and
+the sums of their log-probs are renormalised. A server without ``/tokenize`` has its labels
+scored by first token, matched as text.
+
 Reproducibility: each request sends its own ``seed``. Whether the same seed gives the same
 text again is up to the server: vLLM honours per-request seeds, but its batching can still
 change the numerics (which requests share a batch, prefix-cache hits), so sampled text is
@@ -383,12 +395,7 @@ class OpenAIEngine:
 
     def close(self) -> None:
         """Close the HTTP client and stop the engine's thread; the engine cannot be used after."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._loop.run(self._client.aclose())
-        finally:
+        if not self._closed:
             self._shutdown()
 
     # ------------------------------------------------------------------ loading
@@ -405,7 +412,7 @@ class OpenAIEngine:
             limits=httpx.Limits(
                 max_connections=cfg.max_in_flight, max_keepalive_connections=cfg.max_in_flight
             ),
-            follow_redirects=True,
+            follow_redirects=False,  # a redirected POST would lose its body; say so instead
         )
         self._slots = asyncio.Semaphore(cfg.max_in_flight)
         listings = await asyncio.gather(
@@ -813,6 +820,9 @@ class OpenAIEngine:
             )
         elif status == 404:
             hint = f"is model {self._served!r} served there, and base_url the server's root?"
+        elif 300 <= status < 400:
+            where = resp.headers.get("location", "elsewhere")
+            hint = f"the server redirects to {where}: put that address in base_url"
         elif status in (400, 413, 422):
             hint = "the server rejected the request (a prompt longer than the model's context?)"
         else:
@@ -854,7 +864,12 @@ class OpenAIEngine:
 
     def _shutdown(self) -> None:
         self._closed = True
-        self._loop.stop()
+        try:
+            client = getattr(self, "_client", None)  # absent when loading failed early
+            if client is not None:
+                self._loop.run(client.aclose())
+        finally:
+            self._loop.stop()
 
 
 # --------------------------------------------------------------------------------- functions
