@@ -552,7 +552,7 @@ def test_annotation_decodes_with_its_own_model_config_on_a_shared_engine(
 ) -> None:
     # Two model configs that differ only in decoding share one engine; the annotation
     # requests must carry the annotation model's settings whichever config loaded it.
-    from synth_disco.pipeline import build
+    from synth_disco.pipeline.build import build
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
     overrides = [

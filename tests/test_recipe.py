@@ -356,14 +356,17 @@ def test_custom_templates_that_render_are_accepted(tmp_path: Path) -> None:
 
 def test_builtin_prompt_templates_pass_the_template_check() -> None:
     """The sample contexts validation renders with match what the prompt builders pass."""
-    from synth_disco.annotation.prompts import USER_TEMPLATE
+    from synth_disco.annotation.prompts import WINDOW
+    from synth_disco.annotation.prompts import builtin_template as annotation_template
     from synth_disco.discussion.prompts import builtin_template
     from synth_disco.recipe.templates import check_template, template_environment
 
     env = template_environment()
     assert check_template(env, builtin_template("system.j2"), "system") is None
     assert check_template(env, builtin_template("turn.j2"), "turn") is None
-    assert check_template(env, USER_TEMPLATE, "annotation") is None
+    assert check_template(env, annotation_template(WINDOW), "annotation") is None
+    assert check_template(env, '{% include "_dimension.j2" %}', "annotation") is None
+    assert check_template(env, '{% include "../../errors.py" %}', "annotation") is not None
     assert check_template(env, "{{ persona.name }}", "turn") is not None
 
 

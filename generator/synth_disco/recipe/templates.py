@@ -10,6 +10,7 @@ and one naming anything else is refused at validation time instead of failing mi
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from typing import Any
 
 import jinja2
@@ -78,10 +79,22 @@ def sample_context(kind: str) -> dict[str, Any]:
     raise ValueError(kind)
 
 
+def _builtin_piece(name: str) -> str | None:
+    # The annotation templates' shared pieces (``_dimension.j2``, ...), which a recipe's
+    # annotation template may include as the built-in ones do. Read as package data: the
+    # recipe layer does not import the annotation code.
+    path = files("synth_disco") / "annotation" / "templates" / name
+    return path.read_text(encoding="utf-8") if name.startswith("_") and path.is_file() else None
+
+
 def template_environment() -> SandboxedEnvironment:
     """The Jinja environment recipe templates render in: sandboxed, undefined names fail
-    (as in the prompt builders)."""
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+    (as in the prompt builders), and only the built-in annotation pieces can be included."""
+    return SandboxedEnvironment(
+        loader=jinja2.FunctionLoader(_builtin_piece),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
 
 
 def _chat_template_environment() -> SandboxedEnvironment:
