@@ -18,6 +18,7 @@ from synth_disco.discussion.quality import (
     compression_ratio,
     default_stop_strings,
     flag_comment,
+    flag_docs,
     prompt_scaffolding,
     repeated_ngram_ratio,
     scaffold_fragments,
@@ -264,7 +265,7 @@ def test_all_flags_together_on_a_bad_reply() -> None:
 
 
 def test_clean_reply_gets_no_flags() -> None:
-    text = "I take the 38 most days and it has been fine for me, honestly. Maybe it depends on the stop?"
+    text = "I take the 38 most days and it has been fine for me. Maybe it depends on the stop?"
     assert flags(text) == []
 
 
@@ -347,7 +348,10 @@ def test_prompt_scaffolding_cuts_quoted_text_out_of_a_line() -> None:
 
 
 def test_echo_of_a_recipe_overridden_template() -> None:
-    template = "Forum log follows.\n{% for c in comments %}<{{ c.author }}> {{ c.text }}\n{% endfor %}Now answer in character as {{ me }}."
+    template = (
+        "Forum log follows.\n{% for c in comments %}<{{ c.author }}> {{ c.text }}\n{% endfor %}"
+        "Now answer in character as {{ me }}."
+    )
     prompt = "Forum log follows.\n<alder> hi\nNow answer in character as bob."
     scaffolding = prompt_scaffolding(prompt, [template], ["hi"])
     assert raised("echoed_scaffolding", "Forum log follows.\nok", scaffolding=scaffolding)
@@ -480,7 +484,15 @@ def test_flag_docs_cover_every_flag() -> None:
     assert tuple(FLAG_DOCS) == FLAG_NAMES == tuple(FLAGS) == QualityConfig().flags
     for name, meaning in FLAG_DOCS.items():
         assert name.isidentifier() and name == name.lower()
-        assert meaning and "\n" not in meaning
+        assert meaning and "\n" not in meaning and "{" not in meaning
+    assert "0.7 or more" in FLAG_DOCS["near_duplicate"]
+
+
+def test_flag_docs_follow_the_config() -> None:
+    cfg = QualityConfig(flags=("near_duplicate", "persona_leak"), near_duplicate_threshold=0.85)
+    docs = flag_docs(cfg)
+    assert list(docs) == ["persona_leak", "near_duplicate"]
+    assert "0.85 or more" in docs["near_duplicate"]
 
 
 def test_measures() -> None:

@@ -123,20 +123,20 @@ FLAG_NAMES: tuple[str, ...] = (
 class QualityConfig:
     """Which flags to compute and their thresholds (see the module docstring for each rule)."""
 
-    flags: tuple[str, ...] = FLAG_NAMES
-    scaffold_min_chars: int = 8
-    scaffold_anywhere_chars: int = 30
-    persona_min_values: int = 2
-    persona_self_description: bool = True
-    repetition_ngram: int = 3
-    repetition_min_words: int = 20
-    repetition_max_ratio: float = 0.5
-    compression_min_chars: int = 200
-    compression_min_ratio: float = 0.25
-    near_duplicate_threshold: float = 0.7
-    near_duplicate_ngram: int = 2
-    near_duplicate_window: int = 50
-    near_duplicate_min_chars: int = 20
+    flags: tuple[str, ...] = FLAG_NAMES  # the flags to compute (any order; a list is fine)
+    scaffold_min_chars: int = 8  # shorter fragments ("wrote:", "You are") are not matched
+    scaffold_anywhere_chars: int = 30  # fragments this long count anywhere in a reply
+    persona_min_values: int = 2  # persona values a reply must contain to leak
+    persona_self_description: bool = True  # "As a <value>" alone is a leak
+    repetition_ngram: int = 3  # word n-grams measured for loops
+    repetition_min_words: int = 20  # shorter replies are not measured by n-grams
+    repetition_max_ratio: float = 0.5  # share of repeated n-grams at which a reply loops
+    compression_min_chars: int = 200  # shorter replies are not measured by compression
+    compression_min_ratio: float = 0.25  # compression ratio at or under which a reply loops
+    near_duplicate_threshold: float = 0.7  # Jaccard similarity at which a reply is a copy
+    near_duplicate_ngram: int = 2  # word n-grams compared
+    near_duplicate_window: int = 50  # how many of the latest earlier comments are compared
+    near_duplicate_min_chars: int = 20  # shorter texts are neither flagged nor compared
 
     def __post_init__(self) -> None:
         if isinstance(self.flags, str):
@@ -188,8 +188,11 @@ class CommentCheck:
 
 @dataclass(frozen=True)
 class Flag:
+    """A flag: its column value, its one-line meaning for the dataset card (a format string
+    over ``QualityConfig``'s fields, see ``flag_docs``) and its check."""
+
     name: str
-    meaning: str  # one line, for the dataset card
+    meaning: str
     check: Callable[[CommentCheck], bool]
 
 
@@ -372,7 +375,8 @@ _AFTER = rf"\s*(?:\([^)\n]{{0,40}}\))?\s*(?:{_VERB})?\s*(?:\*\*|__)?\s*:"
 def _prefix_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
     alts = [
         # A generic label with a verb: any handle ("User GreenTea posted:").
-        rf"{_GENERIC}\s+[\w.-]{{1,40}}{_CLOSE}\s*(?:\([^)\n]{{0,40}}\))?\s*{_VERB}\s*(?:\*\*|__)?\s*:",
+        rf"{_GENERIC}\s+[\w.-]{{1,40}}{_CLOSE}\s*(?:\([^)\n]{{0,40}}\))?\s*{_VERB}"
+        r"\s*(?:\*\*|__)?\s*:",
         # A generic label without one: a handle-like id ("User 12:", "Speaker B:").
         rf"{_GENERIC}(?:\s*#?\d+|\s+[a-z]|\s+[\w.-]*[\d_.][\w.-]*){_CLOSE}{_AFTER}",
         rf"(?:moderator|mod){_CLOSE}{_AFTER}",
@@ -519,7 +523,10 @@ def _persona_leak(c: CommentCheck) -> bool:
 
 # -- assistant voice ---------------------------------------------------------------------------
 
-_AI = r"(?:an?\s+)?(?:ai|artificial intelligence)(?:\s+(?:language\s+)?model|\s+assistant|\s+chatbot)?"
+_AI = (
+    r"(?:an?\s+)?(?:ai|artificial intelligence)"
+    r"(?:\s+(?:language\s+)?model|\s+assistant|\s+chatbot)?"
+)
 _THEN = (
     r"(?=\s*(?:[,.;:!)]|$)|\s+(?:and|so|but|i|my|that|with|without|developed|trained|created|"
     r"built|designed|programmed|made)\b)"
@@ -594,7 +601,8 @@ _ASSISTANT: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = tuple(
             ("let me know",),
             [
                 r"\blet\s+me\s+know\s+if\s+you(?:'d|\s+would)\s+like\s+(?:me\s+to\s+)?"
-                r"(?:any\s+)?(?:changes|adjust|revis|modif|rephras|another\s+version|a\s+different)",
+                r"(?:any\s+)?(?:changes|adjust|revis|modif|rephras|another\s+version|"
+                r"a\s+different)",
             ],
         ),
     ]
@@ -732,8 +740,8 @@ FLAGS: dict[str, Flag] = {
         ),
         Flag(
             "persona_leak",
-            "The comment restates its persona's attributes: two or more of its values, or a "
-            "self-description such as 'As a 38-year-old nurse'.",
+            "The comment restates its persona's attributes: {persona_min_values} or more of "
+            "its values, or a self-description such as 'As a 38-year-old nurse'.",
             _persona_leak,
         ),
         Flag(
@@ -744,21 +752,30 @@ FLAGS: dict[str, Flag] = {
         ),
         Flag(
             "repetition",
-            "The comment loops: most of its word 3-grams repeat, or it compresses far better "
-            "than prose.",
+            "The comment loops: a share of {repetition_max_ratio} or more of its word "
+            "{repetition_ngram}-grams repeat, or it compresses to {compression_min_ratio} of "
+            "its size or less.",
             _repetition,
         ),
         Flag(
             "near_duplicate",
-            "The comment nearly copies an earlier comment of the same discussion (word-bigram "
-            "Jaccard similarity of 0.7 or more).",
+            "The comment nearly copies one of the {near_duplicate_window} comments before it "
+            "in its discussion (word {near_duplicate_ngram}-gram Jaccard similarity of "
+            "{near_duplicate_threshold} or more).",
             _near_duplicate,
         ),
     ]
 }
-
 assert tuple(FLAGS) == FLAG_NAMES
-FLAG_DOCS: dict[str, str] = {name: f.meaning for name, f in FLAGS.items()}
+
+
+def flag_docs(config: QualityConfig) -> dict[str, str]:
+    """What each flag ``config`` computes means, with its thresholds, for the dataset card."""
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    return {name: FLAGS[name].meaning.format(**values) for name in config.enabled}
+
+
+FLAG_DOCS: dict[str, str] = flag_docs(QualityConfig())  # the meanings at the defaults
 
 
 def flag_comment(
@@ -867,9 +884,9 @@ def default_stop_strings(turn_template: str, names: Sequence[str]) -> list[str]:
 
 
 def _benchmark(n: int = 10_000) -> tuple[float, float]:  # pragma: no cover - a manual check
-    """CPU seconds (prompt_scaffolding, flag_comment) to flag ``n`` random comments in discussions of 20, each comment against
-    all its predecessors, with its own rendered prompt's scaffolding (``prompt_scaffolding``
-    included in the time, rendering not)."""
+    """CPU seconds spent in (prompt_scaffolding, flag_comment) flagging ``n`` random comments
+    in discussions of 20, each against all its predecessors and with the scaffolding of its
+    own rendered prompt (rendering is not timed)."""
     import random
     import time
 
