@@ -40,8 +40,7 @@ QUOTED = [OP_TEXT, "Same here.", "It was fine for me.", "Please keep it civil."]
 def rendered_prompt() -> str:
     """A real prompt of the built-in templates: jonah.b answering tomas.k."""
     messages = build_messages(
-        system_template=SYSTEM,
-        turn_template=TURN,
+        {"system": SYSTEM, "turn": TURN},
         context="A neighbourhood forum.",
         title="Bus routes",
         op=Shown("alder", "op", OP_TEXT),
