@@ -134,10 +134,17 @@ def load_model(cfg: ModelConfig) -> Engine:
 
 
 class EngineCache:
-    """One engine per distinct set of weights, loaded on first use, shared by all stages."""
+    """One engine per distinct set of weights, loaded on first use, shared by all stages.
 
-    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_model):
+    ``close_engines=False`` leaves the engines open at the end: a caller that passed its own
+    engine (a notebook that keeps a model loaded across builds) closes it itself.
+    """
+
+    def __init__(
+        self, loader: Callable[[ModelConfig], Engine] = load_model, *, close_engines: bool = True
+    ):
         self._loader = loader
+        self._close = close_engines
         self._engines: dict[str, Engine] = {}
 
     def __call__(self, cfg: ModelConfig) -> Engine:
@@ -148,8 +155,9 @@ class EngineCache:
         return self._engines[key]
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            engine.close()
+        if self._close:
+            for engine in self._engines.values():
+                engine.close()
         self._engines.clear()
 
 
@@ -170,8 +178,7 @@ def open_run(
         # discussion; any other change would mix two experiments in one run.
         earlier = [*overrides, f"replicates={old}", f"version={info['version']}"]
         same_but_replicates = (
-            recipe.replicates >= old
-            and load_recipe(loaded.path, earlier).fingerprint == info["fingerprint"]
+            recipe.replicates >= old and loaded.reload(earlier).fingerprint == info["fingerprint"]
         )
         if not same_but_replicates:
             raise RunChangedError(
@@ -206,19 +213,29 @@ def open_run(
 
 
 def build(
-    recipe_path: Path,
+    recipe: Path | LoadedRecipe,
     overrides: Sequence[str] = (),
     *,
     out: Path | None = None,
     stage: Stage = "all",
     retry_failed: bool = False,
     engine_loader: Callable[[ModelConfig], Engine] = load_model,
+    engine: Engine | None = None,
     verbose: bool = False,
 ) -> BuildReport:
-    """Run (or resume) every step of a recipe into ``out``; see the module docstring."""
-    overrides = list(overrides)
-    loaded = load_recipe(recipe_path, overrides)
-    recipe = loaded.recipe
+    """Run (or resume) every step of a recipe into ``out``; see the module docstring.
+
+    ``recipe`` is a recipe file (loaded with ``overrides``) or an already loaded recipe (its
+    own overrides apply). ``engine`` serves every model of the recipe and stays open after
+    the build; without it, engines are loaded with ``engine_loader`` and closed at the end.
+    """
+    if isinstance(recipe, LoadedRecipe):
+        loaded, overrides = recipe, list(recipe.overrides)
+    else:
+        overrides = list(overrides)
+        loaded = load_recipe(recipe, overrides)
+    recipe_path = loaded.path
+    recipe_cfg = loaded.recipe
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
     world = detect_world()
@@ -226,7 +243,9 @@ def build(
         extended_from = open_run(loaded, store, overrides, world)
         report = BuildReport(store.root, extended_from=extended_from)
         if extended_from is not None:
-            log.info("extending the run from %d to %d replicates", extended_from, recipe.replicates)
+            log.info(
+                "extending the run from %d to %d replicates", extended_from, recipe_cfg.replicates
+            )
 
         plan = make_plan(loaded)
         if world.is_main:
@@ -236,8 +255,8 @@ def build(
         mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
         log.info(
             "%s %s: %d discussions in %d shards (%d for this process), fingerprint %s",
-            recipe.name,
-            recipe.version,
+            recipe_cfg.name,
+            recipe_cfg.version,
             plan.n_discussions,
             plan.n_shards,
             len(mine),
@@ -250,7 +269,11 @@ def build(
             report.dataset_dir = store.dataset_dir
             return report
 
-        engines = EngineCache(engine_loader)
+        engines = (
+            EngineCache(lambda cfg: engine, close_engines=False)
+            if engine is not None
+            else EngineCache(engine_loader)
+        )
         try:
             with stop_on_signals() as should_stop:
                 if stage in ("all", "discuss"):
@@ -259,7 +282,7 @@ def build(
                         plan.specs_for_shard,
                         engines,
                         list(plan.factors),
-                        max_concurrent=recipe.run.max_concurrent,
+                        max_concurrent=recipe_cfg.run.max_concurrent,
                         retry_failed=retry_failed,
                         should_stop=should_stop,
                     )
@@ -268,7 +291,7 @@ def build(
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     crash_point("between.stages")
-                if stage in ("all", "annotate") and recipe.annotation is not None:
+                if stage in ("all", "annotate") and recipe_cfg.annotation is not None:
                     require_discussions(
                         store, mine, "run the discussions first (`--stage discuss`, or no --stage)"
                     )
@@ -279,7 +302,7 @@ def build(
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     if world.is_main:
-                        write_aggregates(store, recipe.annotation)
+                        write_aggregates(store, recipe_cfg.annotation)
         finally:
             engines.close()
 
