@@ -145,6 +145,17 @@ def group_discussions(comments: Iterable[Comment]) -> dict[str, list[Comment]]:
     return by
 
 
+def count_tasks(comments: pa.Table, cfg: AnnotationConfig, pool_size: int) -> int:
+    """How many tasks :func:`build_tasks` makes for ``comments``, without making them (so the
+    annotate stage knows its total before it starts)."""
+    roles = annotated_roles(cfg)
+    rows = comments.select(["role", "text"]).to_pylist()
+    targets = sum(r["role"] in roles and bool((r["text"] or "").strip()) for r in rows)
+    per = cfg.annotators.per_comment
+    per = pool_size if per == "all" else min(int(per), pool_size)
+    return targets * per * len(cfg.dimensions)
+
+
 def build_tasks(
     comments: Iterable[Comment] | pa.Table,
     cfg: AnnotationConfig,
