@@ -196,7 +196,8 @@ def plan(recipe: Path, overrides: tuple[str, ...], output: Path | None) -> None:
 @click.option("--push", "do_push", is_flag=True, help="Push the dataset to the Hub when done.")
 @click.option("--repo", help="Hub dataset repo for --push (default: output.hub.repo).")
 @click.option("--create-pr", is_flag=True, help="With --push: open a pull request instead.")
-@click.option("-v", "--verbose", is_flag=True, help="Print debug detail too.")
+@click.option("-v", "--verbose", is_flag=True, help="Print debug detail and library warnings too.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the final summary.")
 @cli_errors()
 def build(
     recipe: Path,
@@ -208,6 +209,7 @@ def build(
     repo: str | None,
     create_pr: bool,
     verbose: bool,
+    quiet: bool,
 ) -> None:
     """Plan, generate, annotate and assemble RECIPE into a dataset; resumes where it stopped."""
     from synth_disco.pipeline.build import build as run_build
@@ -221,9 +223,14 @@ def build(
         stage=stage,  # type: ignore[arg-type]
         retry_failed=retry_failed,
         verbose=verbose,
+        progress="quiet" if quiet else "lines" if verbose else "auto",
     )
-    if report.dataset_dir is not None:
-        click.echo(f"dataset: {report.dataset_dir.as_posix()}")
+    from synth_disco.runinfo import build_summary
+
+    if report.nothing_to_do:
+        click.echo(f"nothing to do: {report.run_dir.as_posix()} is complete")
+    for line in build_summary(report.run_dir, report.seconds, report.dataset_dir):
+        click.echo(line)
     if do_push and report.dataset_dir is not None:
         _push(report.run_dir, repo, private=None, create_pr=create_pr, overwrite_card=False)
 

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.errors import SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.pipeline.world import World, detect_world
+from synth_disco.progress import Progress
 from synth_disco.recipe.load import LoadedRecipe, load_recipe
 from synth_disco.recipe.schema import ModelConfig
 from synth_disco.store.run_dir import RunStore, StoreError
@@ -69,6 +71,7 @@ class BuildReport:
     annotate: StageResult | None = None
     nothing_to_do: bool = False
     extended_from: int | None = None
+    seconds: float = 0.0  # wall time of this call
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
@@ -77,7 +80,9 @@ def default_run_dir(loaded: LoadedRecipe) -> Path:
 
 # -- logging and signals -----------------------------------------------------------------------
 @contextmanager
-def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterator[None]:
+def run_logging(
+    store: RunStore, world: World, verbose: bool = False, *, quiet: bool = False
+) -> Iterator[None]:
     """Log to the console and to ``logs/run.log`` while a build runs; restore the logger after
     (a library call must not leave handlers behind in the caller's process)."""
     store.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,7 @@ def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterato
     rank = f"[rank {world.rank}] " if world.size > 1 else ""
     file_handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {rank}%(message)s"))
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter(f"{rank}%(message)s"))
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -102,6 +107,37 @@ def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterato
             h.close()
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+@contextmanager
+def quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Silence transformers' and the Hub's progress bars and warnings while a build runs,
+    unless ``verbose``; restore them after (they are process-wide settings)."""
+    if verbose:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tf_logging
+
+    verbosity = tf_logging.get_verbosity()
+    bars = tf_logging.is_progress_bar_enabled()
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            for module in ("transformers", "torch", "accelerate", "huggingface_hub"):
+                warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+            # Warnings raised from our calls into them carry our module's name: match on text.
+            warnings.filterwarnings("ignore", message=r".*(past_key_values|deprecated)")
+            yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()
 
 
 @contextmanager
@@ -222,13 +258,17 @@ def build(
     engine_loader: Callable[[ModelConfig], Engine] = load_model,
     engine: Engine | None = None,
     verbose: bool = False,
+    progress: str = "auto",
 ) -> BuildReport:
     """Run (or resume) every step of a recipe into ``out``; see the module docstring.
 
     ``recipe`` is a recipe file (loaded with ``overrides``) or an already loaded recipe (its
     own overrides apply). ``engine`` serves every model of the recipe and stays open after
     the build; without it, engines are loaded with ``engine_loader`` and closed at the end.
+    ``progress`` is ``auto`` (a bar on a terminal, lines otherwise), ``bar``, ``lines`` or
+    ``quiet`` (warnings and the end only).
     """
+    started = time.monotonic()
     if isinstance(recipe, LoadedRecipe):
         loaded, overrides = recipe, list(recipe.overrides)
     else:
@@ -239,7 +279,7 @@ def build(
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
     world = detect_world()
-    with run_logging(store, world, verbose):
+    with run_logging(store, world, verbose, quiet=progress == "quiet"), quiet_libraries(verbose):
         extended_from = open_run(loaded, store, overrides, world)
         report = BuildReport(store.root, extended_from=extended_from)
         if extended_from is not None:
@@ -267,6 +307,7 @@ def build(
             log.info("nothing to do: %s is complete (dataset in %s)", store.root, store.dataset_dir)
             report.nothing_to_do = True
             report.dataset_dir = store.dataset_dir
+            report.seconds = time.monotonic() - started
             return report
 
         engines = (
@@ -285,6 +326,7 @@ def build(
                         max_concurrent=recipe_cfg.run.max_concurrent,
                         retry_failed=retry_failed,
                         should_stop=should_stop,
+                        progress=stage_progress("discuss", "calls", progress, store, world),
                     )
                     report.discuss = runner.run(mine)
                     if report.discuss.stopped:
@@ -296,7 +338,13 @@ def build(
                         store, mine, "run the discussions first (`--stage discuss`, or no --stage)"
                     )
                     report.annotate = run_annotation(
-                        loaded, store, mine, engines, should_stop, retry_failed
+                        loaded,
+                        store,
+                        mine,
+                        engines,
+                        should_stop,
+                        retry_failed,
+                        stage_progress("annotate", "labels", progress, store, world),
                     )
                     if report.annotate.stopped:
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
@@ -307,6 +355,7 @@ def build(
             engines.close()
 
         if not world.is_main:
+            report.seconds = time.monotonic() - started
             return report
         require_discussions(
             store,
@@ -317,7 +366,20 @@ def build(
             report.dataset_dir = assemble_run(loaded, store)
             crash_point("end")
         check_failures(loaded, store)
+        report.seconds = time.monotonic() - started
         return report
+
+
+def stage_progress(stage: str, unit: str, mode: str, store: RunStore, world: World) -> Progress:
+    """The progress display of one stage in this process, saving its figures for ``status``."""
+    rank = f"-rank{world.rank}" if world.size > 1 else ""
+    return Progress(
+        stage,
+        0,  # the stage sets its total before it starts
+        unit=unit,
+        mode=mode,
+        state_file=store.root / "logs" / f"progress-{stage}{rank}.json",
+    )
 
 
 def is_complete(loaded: LoadedRecipe, store: RunStore, n_shards: int) -> bool:
@@ -348,6 +410,7 @@ def run_annotation(
     engines: EngineCache,
     should_stop: Callable[[], bool],
     retry_failed: bool,
+    progress: Progress | None = None,
 ) -> StageResult:
     """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
     recipe = loaded.recipe
@@ -371,6 +434,7 @@ def run_annotation(
         params=default_generate_params(cfg, sampling_params_from(model_cfg)),
         retry_failed=retry_failed,
         prompts=prompts,
+        progress=progress,
     )
     return result
 
