@@ -74,7 +74,42 @@ def load(recipe: Path, overrides: Sequence[str] = ()) -> Any:
     return load_recipe(recipe, overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The order a study goes through, which ``--help`` follows, with one example each.
+WORKFLOW = {
+    "init": "synth-disco init my-study",
+    "validate": "synth-disco validate my-study/recipe.yaml",
+    "plan": "synth-disco plan my-study/recipe.yaml",
+    "build": "synth-disco build my-study/recipe.yaml --out runs/my-study",
+    "status": "synth-disco status runs/my-study",
+    "show": "synth-disco show runs/my-study --discussion ID",
+    "annotate": "synth-disco annotate runs/other recipe.yaml",
+    "card": "synth-disco card runs/my-study",
+    "push": "synth-disco push runs/my-study --repo ORG/NAME",
+    "schema": "synth-disco schema > recipe.schema.json",
+}
+
+
+class WorkflowGroup(click.Group):
+    """Lists commands in workflow order (not alphabetically), each with an example."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in WORKFLOW if n in names] + [n for n in names if n not in WORKFLOW]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.append((name, cmd.get_short_help_str(limit=60)))
+            if name in WORKFLOW:
+                rows.append(("", f"e.g. {WORKFLOW[name]}"))
+        with formatter.section("Commands, in the order a study uses them"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=WorkflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="synth-disco")
 def main() -> None:
     """Turn a YAML recipe into a dataset of synthetic online discussions."""
@@ -125,9 +160,16 @@ def init(directory: Path, force: bool) -> None:
             data = text.encode()
         target.write_bytes(data)
     recipe = (directory / "recipe.yaml").as_posix()
+    run = f"runs/{name}"
     click.echo(f"created {directory.as_posix()}/ with {len(files)} files. Next:")
-    click.echo(f"  synth-disco validate {recipe}")
-    click.echo(f"  synth-disco plan {recipe}")
+    for step in (
+        f"synth-disco validate {recipe}      # every problem, with file:line",
+        f"synth-disco plan {recipe}          # the design and the work it takes",
+        f"synth-disco build {recipe} --out {run}   # resumes where it stopped",
+        f"synth-disco show {run}             # the discussions; --discussion ID for one",
+        f"synth-disco push {run} --repo ORG/NAME   # one commit, tagged v<version>",
+    ):
+        click.echo(f"  {step}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,3 +405,17 @@ def _push(
         overwrite_card=overwrite_card,
     )
     click.echo(result.message or f"{result.status}: {result.url}")
+
+
+# ---------------------------------------------------------------------------------------------
+# schema
+
+
+@main.command()
+def schema() -> None:
+    """Print the recipe's JSON Schema (for editor completion and checks)."""
+    import json
+
+    from synth_disco.recipe.schema import recipe_json_schema
+
+    click.echo(json.dumps(recipe_json_schema(), indent=2))
