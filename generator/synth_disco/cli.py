@@ -182,9 +182,15 @@ def init(directory: Path, force: bool) -> None:
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check RECIPE and every file it uses; list every problem with its line."""
     from synth_disco.design.plan import plan as make_plan
+    from synth_disco.recipe.preflight import preflight
 
     loaded = load(recipe, overrides)
     p = make_plan(loaded)
+    checks = preflight(loaded, p.n_shards)
+    for w in checks.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if checks.errors:
+        raise RecipeError(checks.errors)
     click.echo(
         f"{loaded.display_path}: ok ({p.n_cells:,} cell{'s' if p.n_cells != 1 else ''}, "
         f"{p.n_discussions:,} discussions, fingerprint {loaded.short_fingerprint})"
@@ -301,11 +307,20 @@ def show(run_dir: Path, discussion_id: str | None, limit: int) -> None:
     from synth_disco.runinfo import list_discussions, render_thread
 
     if discussion_id is None:
-        rows = list_discussions(run_dir, limit)
+        try:
+            rows = list_discussions(run_dir, limit)
+        except FileNotFoundError as e:
+            click.echo(f"error: {e}", err=True)
+            raise click.exceptions.Exit(2) from None
         if not rows:
             click.echo("no finished discussions yet")
         for r in rows:
-            click.echo(f"{r['discussion_id']}  {r['status']:<6}  {r['n_comments']} comments")
+            levels = " ".join(f"{k}={v}" for k, v in r["levels"].items())
+            title = (r.get("title") or r.get("post_id") or "")[:50]
+            click.echo(
+                f"{r['discussion_id']}  {r['status']:<6} {r['n_comments']:>3} comments  "
+                f"{levels}  | {title}"
+            )
         return
     try:
         click.echo(render_thread(run_dir, discussion_id), nl=False)

@@ -6,6 +6,8 @@ Both only read files, so they work while a build is writing to the same director
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,10 @@ import pyarrow.parquet as pq
 from synth_disco.progress import fmt_duration
 from synth_disco.recipe.schema import DEFAULT_VARIANT
 from synth_disco.store.run_dir import RunStore
+from synth_disco.store.schemas import discussions_schema
+
+# Columns every discussions table has; the rest are factor columns.
+DISCUSSION_COLUMNS = tuple(discussions_schema([]).names)
 
 
 @dataclass
@@ -151,13 +157,32 @@ def _comments_of(store: RunStore, discussion_id: str) -> list[dict]:
     return []
 
 
-def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
-    """A discussion as an indented thread (replies under their parents)."""
+def _labels_of(store: RunStore, discussion_id: str) -> dict[str, list[str]]:
+    """comment id -> "dimension=label (annotator)" of every finished label of a discussion."""
+    out: dict[str, list[str]] = {}
+    for path in store.shard_files("annotate", "annotations"):
+        table = pq.read_table(
+            path,
+            columns=["comment_id", "annotator_id", "dimension", "label", "status"],
+            filters=[("discussion_id", "=", discussion_id)],
+        )
+        for r in table.to_pylist():
+            shown = r["label"] if r["status"] == "ok" else "failed"
+            out.setdefault(r["comment_id"], []).append(
+                f"{r['dimension']}={shown} ({r['annotator_id']})"
+            )
+    return out
+
+
+def render_thread(run_dir: Path, discussion_id: str, width: int | None = None) -> str:
+    """A discussion as an indented thread (replies under their parents), every comment in
+    full, wrapped to ``width`` (the terminal's by default), with its labels and flags."""
     store = RunStore(run_dir)
     rows = _comments_of(store, discussion_id)
     if not rows:
         raise KeyError(f"no discussion {discussion_id!r} in {run_dir}")
-    depth: dict[str, int] = {}
+    width = width or max(shutil.get_terminal_size((100, 24)).columns, 40)
+    labels = _labels_of(store, discussion_id)
     lines = []
     children: dict[str | None, list[dict]] = {}
     for r in sorted(rows, key=lambda r: r["index"]):
@@ -165,17 +190,30 @@ def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
     linear = all(len(v) == 1 for v in children.values())
 
     def emit(r: dict, level: int) -> None:
-        depth[r["comment_id"]] = level
         tag = {"op": "OP", "seed": "seed", "moderator": "moderator"}.get(r["role"], "")
         variant = r.get("variant")
         extra = ", ".join(
             x for x in (tag, variant if variant not in (None, DEFAULT_VARIANT) else "") if x
         )
         head = f"[{r['index']}] {r['author']}" + (f" ({extra})" if extra else "")
-        pad = "" if linear else "    " * level
+        pad = "" if linear else "    " * min(level, 8)
         lines.append(pad + head)
+        body = textwrap.TextWrapper(
+            width=max(width - len(pad) - 4, 20),
+            initial_indent=pad + "    ",
+            subsequent_indent=pad + "    ",
+            break_long_words=True,
+            replace_whitespace=False,
+        )
         for text_line in (r["text"] or "").splitlines() or [""]:
-            lines.append(pad + "    " + text_line[:width])
+            lines.extend(body.wrap(text_line) or [pad + "    "])
+        notes = []
+        if r.get("flags"):
+            notes.append("flags: " + ", ".join(r["flags"]))
+        if labels.get(r["comment_id"]):
+            notes.append("labels: " + "; ".join(labels[r["comment_id"]]))
+        for note in notes:
+            lines.extend(body.wrap(f"-- {note}"))
         lines.append("")
 
     def walk(parent: str | None, level: int) -> None:
@@ -192,11 +230,18 @@ def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
 
 
 def list_discussions(run_dir: Path, limit: int = 20) -> list[dict]:
+    """The first ``limit`` finished discussions: id, factor levels, post title, status, size."""
     store = RunStore(run_dir)
+    if store.read_run() is None:
+        raise FileNotFoundError(f"{run_dir} is not a synth-disco run directory (no run.json)")
     out: list[dict] = []
     for path in store.shard_files("discuss", "discussions"):
-        cols = ["discussion_id", "cell_id", "status", "n_comments"]
-        out.extend(pq.read_table(path, columns=cols).to_pylist())
+        table = pq.read_table(path)
+        fixed = set(DISCUSSION_COLUMNS)
+        factors = [n for n in table.column_names if n not in fixed]
+        for row in table.to_pylist():
+            row["levels"] = {f: row[f] for f in factors}
+            out.append(row)
         if len(out) >= limit:
             break
     return out[:limit]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synth_disco.errors import SynthDiscoError
 from synth_disco.recipe.schema import AnnotationConfig
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
@@ -24,8 +25,11 @@ from synth_disco.store import schemas
 STAGE = "annotate"
 
 
-class AnnotationError(ValueError):
-    """The annotation settings cannot be applied to these comments or annotators."""
+class AnnotationError(SynthDiscoError):
+    """The annotation settings cannot be applied to these comments or annotators, or the
+    data to annotate cannot be read: bad input, reported as a message (exit code 2)."""
+
+    exit_code = 2
 
 
 def task_id(comment_id: str, annotator_id: str, dimension: str) -> str:

@@ -33,11 +33,12 @@ from synth_disco.discussion.stage import DiscussionRunner
 from synth_disco.engines.base import LOAD_FIELDS, Engine, EngineConfig
 from synth_disco.engines.registry import load_engine
 from synth_disco.engines.sampling import sampling_params_from
-from synth_disco.errors import SynthDiscoError
+from synth_disco.errors import RecipeError, SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.pipeline.world import World, detect_world
 from synth_disco.progress import Progress
 from synth_disco.recipe.load import LoadedRecipe, load_recipe
+from synth_disco.recipe.preflight import preflight
 from synth_disco.recipe.schema import ModelConfig
 from synth_disco.store.run_dir import RunStore, StoreError
 from synth_disco.store.shards import StageResult
@@ -275,6 +276,9 @@ def build(
         overrides = list(overrides)
         loaded = load_recipe(recipe, overrides)
     recipe_path = loaded.path
+    checks = preflight(loaded)
+    if checks.errors and engine is None and engine_loader is load_model:
+        raise RecipeError(checks.errors)  # before any run directory is touched
     recipe_cfg = loaded.recipe
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
