@@ -74,7 +74,42 @@ def load(recipe: Path, overrides: Sequence[str] = ()) -> Any:
     return load_recipe(recipe, overrides)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The order a study goes through, which ``--help`` follows, with one example each.
+WORKFLOW = {
+    "init": "synth-disco init my-study",
+    "validate": "synth-disco validate my-study/recipe.yaml",
+    "plan": "synth-disco plan my-study/recipe.yaml",
+    "build": "synth-disco build my-study/recipe.yaml --out runs/my-study",
+    "status": "synth-disco status runs/my-study",
+    "show": "synth-disco show runs/my-study --discussion ID",
+    "annotate": "synth-disco annotate runs/other recipe.yaml",
+    "card": "synth-disco card runs/my-study",
+    "push": "synth-disco push runs/my-study --repo ORG/NAME",
+    "schema": "synth-disco schema > recipe.schema.json",
+}
+
+
+class WorkflowGroup(click.Group):
+    """Lists commands in workflow order (not alphabetically), each with an example."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in WORKFLOW if n in names] + [n for n in names if n not in WORKFLOW]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.append((name, cmd.get_short_help_str(limit=60)))
+            if name in WORKFLOW:
+                rows.append(("", f"e.g. {WORKFLOW[name]}"))
+        with formatter.section("Commands, in the order a study uses them"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=WorkflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="synth-disco")
 def main() -> None:
     """Turn a YAML recipe into a dataset of synthetic online discussions."""
@@ -125,9 +160,16 @@ def init(directory: Path, force: bool) -> None:
             data = text.encode()
         target.write_bytes(data)
     recipe = (directory / "recipe.yaml").as_posix()
+    run = f"runs/{name}"
     click.echo(f"created {directory.as_posix()}/ with {len(files)} files. Next:")
-    click.echo(f"  synth-disco validate {recipe}")
-    click.echo(f"  synth-disco plan {recipe}")
+    for step in (
+        f"synth-disco validate {recipe}      # every problem, with file:line",
+        f"synth-disco plan {recipe}          # the design and the work it takes",
+        f"synth-disco build {recipe} --out {run}   # resumes where it stopped",
+        f"synth-disco show {run}             # the discussions; --discussion ID for one",
+        f"synth-disco push {run} --repo ORG/NAME   # one commit, tagged v<version>",
+    ):
+        click.echo(f"  {step}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +182,15 @@ def init(directory: Path, force: bool) -> None:
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check RECIPE and every file it uses; list every problem with its line."""
     from synth_disco.design.plan import plan as make_plan
+    from synth_disco.recipe.preflight import preflight
 
     loaded = load(recipe, overrides)
     p = make_plan(loaded)
+    checks = preflight(loaded, p.n_shards)
+    for w in checks.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if checks.errors:
+        raise RecipeError(checks.errors)
     click.echo(
         f"{loaded.display_path}: ok ({p.n_cells:,} cell{'s' if p.n_cells != 1 else ''}, "
         f"{p.n_discussions:,} discussions, fingerprint {loaded.short_fingerprint})"
@@ -196,7 +244,8 @@ def plan(recipe: Path, overrides: tuple[str, ...], output: Path | None) -> None:
 @click.option("--push", "do_push", is_flag=True, help="Push the dataset to the Hub when done.")
 @click.option("--repo", help="Hub dataset repo for --push (default: output.hub.repo).")
 @click.option("--create-pr", is_flag=True, help="With --push: open a pull request instead.")
-@click.option("-v", "--verbose", is_flag=True, help="Print debug detail too.")
+@click.option("-v", "--verbose", is_flag=True, help="Print debug detail and library warnings too.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the final summary.")
 @cli_errors()
 def build(
     recipe: Path,
@@ -208,6 +257,7 @@ def build(
     repo: str | None,
     create_pr: bool,
     verbose: bool,
+    quiet: bool,
 ) -> None:
     """Plan, generate, annotate and assemble RECIPE into a dataset; resumes where it stopped."""
     from synth_disco.pipeline.build import build as run_build
@@ -221,9 +271,14 @@ def build(
         stage=stage,  # type: ignore[arg-type]
         retry_failed=retry_failed,
         verbose=verbose,
+        progress="quiet" if quiet else "lines" if verbose else "auto",
     )
-    if report.dataset_dir is not None:
-        click.echo(f"dataset: {report.dataset_dir.as_posix()}")
+    from synth_disco.runinfo import build_summary
+
+    if report.nothing_to_do:
+        click.echo(f"nothing to do: {report.run_dir.as_posix()} is complete")
+    for line in build_summary(report.run_dir, report.seconds, report.dataset_dir):
+        click.echo(line)
     if do_push and report.dataset_dir is not None:
         _push(report.run_dir, repo, private=None, create_pr=create_pr, overwrite_card=False)
 
@@ -252,11 +307,20 @@ def show(run_dir: Path, discussion_id: str | None, limit: int) -> None:
     from synth_disco.runinfo import list_discussions, render_thread
 
     if discussion_id is None:
-        rows = list_discussions(run_dir, limit)
+        try:
+            rows = list_discussions(run_dir, limit)
+        except FileNotFoundError as e:
+            click.echo(f"error: {e}", err=True)
+            raise click.exceptions.Exit(2) from None
         if not rows:
             click.echo("no finished discussions yet")
         for r in rows:
-            click.echo(f"{r['discussion_id']}  {r['status']:<6}  {r['n_comments']} comments")
+            levels = " ".join(f"{k}={v}" for k, v in r["levels"].items())
+            title = (r.get("title") or r.get("post_id") or "")[:50]
+            click.echo(
+                f"{r['discussion_id']}  {r['status']:<6} {r['n_comments']:>3} comments  "
+                f"{levels}  | {title}"
+            )
         return
     try:
         click.echo(render_thread(run_dir, discussion_id), nl=False)
@@ -356,3 +420,17 @@ def _push(
         overwrite_card=overwrite_card,
     )
     click.echo(result.message or f"{result.status}: {result.url}")
+
+
+# ---------------------------------------------------------------------------------------------
+# schema
+
+
+@main.command()
+def schema() -> None:
+    """Print the recipe's JSON Schema (for editor completion and checks)."""
+    import json
+
+    from synth_disco.recipe.schema import recipe_json_schema
+
+    click.echo(json.dumps(recipe_json_schema(), indent=2))

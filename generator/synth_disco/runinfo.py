@@ -5,7 +5,9 @@ Both only read files, so they work while a build is writing to the same director
 
 from __future__ import annotations
 
-import time
+import json
+import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,10 @@ import pyarrow.parquet as pq
 from synth_disco.progress import fmt_duration
 from synth_disco.recipe.schema import DEFAULT_VARIANT
 from synth_disco.store.run_dir import RunStore
+from synth_disco.store.schemas import discussions_schema
+
+# Columns every discussions table has; the rest are factor columns.
+DISCUSSION_COLUMNS = tuple(discussions_schema([]).names)
 
 
 @dataclass
@@ -27,6 +33,11 @@ class StageStatus:
     failed: int = 0
     items: int = 0  # comments or labels
     tokens: int = 0
+    # From the latest progress figures of the processes working on the stage.
+    calls_total: int = 0
+    calls_done: int = 0
+    calls_resumed: int = 0
+    active_seconds: float = 0.0
 
 
 @dataclass
@@ -34,20 +45,28 @@ class RunStatus:
     name: str
     version: str
     fingerprint: str
-    elapsed: float
     stages: list[StageStatus] = field(default_factory=list)
     dataset: bool = False
 
     def eta(self, stage: StageStatus) -> str:
-        if stage.units_done == 0 or stage.units_done >= stage.units_total:
-            return "-" if stage.units_done >= stage.units_total else "?"
-        left = stage.units_total - stage.units_done
-        return fmt_duration(self.elapsed / stage.units_done * left)
+        """From the stage's own pace in active time (``logs/progress-*.json``), never from
+        when the run was created: a run resumed a day later is not a day slower."""
+        if stage.units_done >= stage.units_total:
+            return "-"
+        if not stage.calls_total or stage.calls_done <= stage.calls_resumed:
+            return "?"
+        pace = stage.active_seconds / (stage.calls_done - stage.calls_resumed)
+        return fmt_duration(pace * max(stage.calls_total - stage.calls_done, 0))
+
+    @property
+    def active(self) -> float:
+        """Seconds the stages have spent working (their latest progress figures)."""
+        return sum(s.active_seconds for s in self.stages)
 
     def render(self) -> str:
         lines = [
             f"{self.name} {self.version}  fingerprint {self.fingerprint[:12]}"
-            f"  elapsed {fmt_duration(self.elapsed)}",
+            f"  active {fmt_duration(self.active)}",
             f"{'stage':<10} {'shards':>9} {'units':>13} {'failed':>7} {'items':>9}"
             f" {'tokens':>10} {'ETA':>9}",
         ]
@@ -61,12 +80,17 @@ class RunStatus:
         return "\n".join(lines)
 
 
-def _created_seconds(info: dict) -> float:
-    try:
-        created = time.strptime(info["created"], "%Y-%m-%dT%H:%M:%SZ")
-    except (KeyError, ValueError):
-        return 0.0
-    return max(0.0, time.time() - time.mktime(created) + time.mktime(time.gmtime(0)))
+def _read_progress(run_dir: Path, stage: StageStatus) -> None:
+    """Add the progress figures every process of ``stage`` saved (one file per rank)."""
+    for path in sorted((run_dir / "logs").glob(f"progress-{stage.stage}*.json")):
+        try:
+            p = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # being replaced right now: the next status call reads it
+        stage.calls_total += int(p.get("total", 0))
+        stage.calls_done += int(p.get("done", 0))
+        stage.calls_resumed += int(p.get("resumed", 0))
+        stage.active_seconds = max(stage.active_seconds, float(p.get("active_seconds", 0.0)))
 
 
 def run_status(run_dir: Path) -> RunStatus:
@@ -78,7 +102,7 @@ def run_status(run_dir: Path) -> RunStatus:
     per_shard: dict[int, int] = {}
     for item in pc.value_counts(shard_col).to_pylist():
         per_shard[int(item["values"])] = int(item["counts"])
-    status = RunStatus(info["name"], info["version"], info["fingerprint"], _created_seconds(info))
+    status = RunStatus(info["name"], info["version"], info["fingerprint"])
     discuss = StageStatus("discuss", len(per_shard), units_total=sum(per_shard.values()))
     annotate = StageStatus("annotate", len(per_shard))
     for shard in per_shard:
@@ -106,6 +130,8 @@ def run_status(run_dir: Path) -> RunStatus:
         else:
             annotate.items += sum(1 for _ in store.read_journal("annotate", shard))
     annotate.units_total = discuss.units_total
+    _read_progress(run_dir, discuss)
+    _read_progress(run_dir, annotate)
     status.stages.append(discuss)
     if (run_dir / "journal" / "annotate").exists() or annotate.shards_done:
         status.stages.append(annotate)
@@ -131,13 +157,32 @@ def _comments_of(store: RunStore, discussion_id: str) -> list[dict]:
     return []
 
 
-def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
-    """A discussion as an indented thread (replies under their parents)."""
+def _labels_of(store: RunStore, discussion_id: str) -> dict[str, list[str]]:
+    """comment id -> "dimension=label (annotator)" of every finished label of a discussion."""
+    out: dict[str, list[str]] = {}
+    for path in store.shard_files("annotate", "annotations"):
+        table = pq.read_table(
+            path,
+            columns=["comment_id", "annotator_id", "dimension", "label", "status"],
+            filters=[("discussion_id", "=", discussion_id)],
+        )
+        for r in table.to_pylist():
+            shown = r["label"] if r["status"] == "ok" else "failed"
+            out.setdefault(r["comment_id"], []).append(
+                f"{r['dimension']}={shown} ({r['annotator_id']})"
+            )
+    return out
+
+
+def render_thread(run_dir: Path, discussion_id: str, width: int | None = None) -> str:
+    """A discussion as an indented thread (replies under their parents), every comment in
+    full, wrapped to ``width`` (the terminal's by default), with its labels and flags."""
     store = RunStore(run_dir)
     rows = _comments_of(store, discussion_id)
     if not rows:
         raise KeyError(f"no discussion {discussion_id!r} in {run_dir}")
-    depth: dict[str, int] = {}
+    width = width or max(shutil.get_terminal_size((100, 24)).columns, 40)
+    labels = _labels_of(store, discussion_id)
     lines = []
     children: dict[str | None, list[dict]] = {}
     for r in sorted(rows, key=lambda r: r["index"]):
@@ -145,17 +190,30 @@ def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
     linear = all(len(v) == 1 for v in children.values())
 
     def emit(r: dict, level: int) -> None:
-        depth[r["comment_id"]] = level
         tag = {"op": "OP", "seed": "seed", "moderator": "moderator"}.get(r["role"], "")
         variant = r.get("variant")
         extra = ", ".join(
             x for x in (tag, variant if variant not in (None, DEFAULT_VARIANT) else "") if x
         )
         head = f"[{r['index']}] {r['author']}" + (f" ({extra})" if extra else "")
-        pad = "" if linear else "    " * level
+        pad = "" if linear else "    " * min(level, 8)
         lines.append(pad + head)
+        body = textwrap.TextWrapper(
+            width=max(width - len(pad) - 4, 20),
+            initial_indent=pad + "    ",
+            subsequent_indent=pad + "    ",
+            break_long_words=True,
+            replace_whitespace=False,
+        )
         for text_line in (r["text"] or "").splitlines() or [""]:
-            lines.append(pad + "    " + text_line[:width])
+            lines.extend(body.wrap(text_line) or [pad + "    "])
+        notes = []
+        if r.get("flags"):
+            notes.append("flags: " + ", ".join(r["flags"]))
+        if labels.get(r["comment_id"]):
+            notes.append("labels: " + "; ".join(labels[r["comment_id"]]))
+        for note in notes:
+            lines.extend(body.wrap(f"-- {note}"))
         lines.append("")
 
     def walk(parent: str | None, level: int) -> None:
@@ -172,11 +230,81 @@ def render_thread(run_dir: Path, discussion_id: str, width: int = 100) -> str:
 
 
 def list_discussions(run_dir: Path, limit: int = 20) -> list[dict]:
+    """The first ``limit`` finished discussions: id, factor levels, post title, status, size."""
     store = RunStore(run_dir)
+    if store.read_run() is None:
+        raise FileNotFoundError(f"{run_dir} is not a synth-disco run directory (no run.json)")
     out: list[dict] = []
     for path in store.shard_files("discuss", "discussions"):
-        cols = ["discussion_id", "cell_id", "status", "n_comments"]
-        out.extend(pq.read_table(path, columns=cols).to_pylist())
+        table = pq.read_table(path)
+        fixed = set(DISCUSSION_COLUMNS)
+        factors = [n for n in table.column_names if n not in fixed]
+        for row in table.to_pylist():
+            row["levels"] = {f: row[f] for f in factors}
+            out.append(row)
         if len(out) >= limit:
             break
     return out[:limit]
+
+
+def build_summary(run_dir: Path, seconds: float, dataset_dir: Path | None) -> list[str]:
+    """The lines a finished build ends with: what was made, what failed and why, agreement,
+    wall time, where the dataset is and what to do next."""
+    store = RunStore(run_dir)
+    disc = store.done_shards("discuss")
+    n_disc = sum(s.counts.get("discussions", 0) for s in disc)
+    n_failed = sum(s.counts.get("failed", 0) for s in disc)
+    n_comments = sum(s.counts.get("comments", 0) for s in disc)
+    ann = store.done_shards("annotate")
+    n_labels = sum(s.counts.get("annotations", 0) for s in ann)
+    n_bad_labels = sum(s.counts.get("failed", 0) for s in ann)
+    lines = [
+        f"discussions: {n_disc:,} ({n_failed:,} failed)   comments: {n_comments:,}"
+        + (f"   labels: {n_labels:,} ({n_bad_labels:,} failed)" if ann else ""),
+    ]
+    reasons: dict[str, int] = {}
+    for info in disc:
+        if not info.counts.get("failed"):
+            continue
+        table = pq.read_table(store.shard_path("discuss", info.shard, "discussions"))
+        for row in table.select(["status", "error"]).to_pylist():
+            if row["status"] == "failed":
+                why = (row["error"] or "unknown").splitlines()[0][:120]
+                reasons[why] = reasons.get(why, 0) + 1
+    for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+        lines.append(f"  failed x{n}: {why}")
+    rates = _flag_rates(store)
+    if rates:
+        shown = ", ".join(f"{flag} {rate:.0%}" for flag, rate in rates.items())
+        lines.append(f"quality flags (share of comments): {shown}")
+    agreement = run_dir / "agreement.json"
+    if agreement.exists():
+        alphas = json.loads(agreement.read_text(encoding="utf-8"))
+        shown = ", ".join(
+            f"{dim} {'n/a' if a.get('alpha') is None else format(a['alpha'], '.2f')}"
+            for dim, a in alphas.items()
+        )
+        lines.append(f"agreement (Krippendorff's alpha): {shown}")
+    lines.append(f"wall time: {fmt_duration(seconds)}")
+    if dataset_dir is not None:
+        lines.append(f"dataset: {dataset_dir.as_posix()}")
+        lines.append(f"next: synth-disco push {run_dir.as_posix()} --repo ORG/NAME")
+    return lines
+
+
+def _flag_rates(store: RunStore) -> dict[str, float]:
+    """Share of generated comments carrying each quality flag (when comments have flags)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for path in store.shard_files("discuss", "comments"):
+        schema = pq.read_schema(path)
+        if "flags" not in schema.names:
+            return {}
+        rows = pq.read_table(path, columns=["role", "flags"]).to_pylist()
+        for row in rows:
+            if row["role"] not in ("user", "moderator"):
+                continue
+            total += 1
+            for flag in row["flags"] or ():
+                counts[flag] = counts.get(flag, 0) + 1
+    return {f: counts[f] / total for f in sorted(counts)} if total else {}

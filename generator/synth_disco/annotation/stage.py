@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from synth_disco.annotation.parse import parse_answer
 from synth_disco.annotation.prompts import PromptBuilder
-from synth_disco.annotation.tasks import STAGE, Task, build_tasks
+from synth_disco.annotation.tasks import STAGE, Task, build_tasks, count_tasks
 from synth_disco.engines.base import (
     ChatRequest,
     SamplingParams,
@@ -96,6 +96,9 @@ class _Caller:
             params if params.temperature > 0 else replace(params, temperature=RETRY_TEMPERATURE)
         )
         self.max_context = _max_context(engine)
+        # Tokens the engine reports, for the progress line (scoring reads prompts only).
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
 
     def messages(self, task: Task) -> list[dict[str, str]]:
         """The task's messages; the oldest context comments are dropped when the model cannot
@@ -131,6 +134,7 @@ class _Caller:
             ]
             scores = self.engine.score(sreqs)
             _check_ids(sreqs, scores)
+            self.prompt_tokens += sum(r.prompt_tokens for r in scores)
             return [self._score_outcome(t, r) for (t, _), r in zip(batch, scores, strict=True)]
         greqs = [
             ChatRequest(
@@ -143,6 +147,8 @@ class _Caller:
         ]
         completions = self.engine.generate(greqs)
         _check_ids(greqs, completions)
+        self.prompt_tokens += sum(c.prompt_tokens for c in completions)
+        self.completion_tokens += sum(c.completion_tokens for c in completions)
         return [self._generate_outcome(t, c) for (t, _), c in zip(batch, completions, strict=True)]
 
     def _score_threads(self, tasks: list[Task]) -> list[dict[str, Any]]:
@@ -186,6 +192,7 @@ class _Caller:
                 for t in alone
             ]
             scores = [*scores, *self.engine.score(sreqs)]
+        self.prompt_tokens += sum(r.prompt_tokens for r in scores)
         by_id = {r.id: r for r in scores}
         if len(by_id) != len(tasks) or any(t.id not in by_id for t in tasks):
             raise RuntimeError("the engine returned results that do not match its requests")
@@ -282,30 +289,39 @@ def _replay(store: RunStore, shard: int, tasks: list[Task]) -> dict[str, dict[st
 
 
 class _Tracker:
-    """Feeds a Progress object, a plain callback, or the log."""
+    """Feeds a :class:`Progress`, a plain callback (labels just finished), or both."""
 
-    def __init__(self, progress: ProgressLike):
+    def __init__(self, progress: ProgressLike, total: int):
         self.callback = progress if callable(progress) else None
         self.progress = progress if isinstance(progress, Progress) else None
         if progress is None:
-            self.progress = Progress("annotate", 0, unit="labels")
+            self.progress = Progress("annotate", total, unit="labels")
 
-    def add_total(self, n: int) -> None:
+    def resumed(self, n: int) -> None:
         if self.progress is not None:
-            self.progress.total += n
+            self.progress.skip(n)
+        if self.callback is not None and n:
+            self.callback(n)
 
-    def update(self, done: int, failed: int = 0) -> None:
+    def update(self, done: int, failed: int, prompt_tokens: int, completion_tokens: int) -> None:
         if self.progress is not None:
-            self.progress.done += done
-            self.progress.items += done
-            self.progress.failed += failed
+            self.progress.add(
+                done,
+                failed=failed,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
             self.progress.tick()
         if self.callback is not None and done:
             self.callback(done)
 
+    def shard_done(self) -> None:
+        if self.progress is not None:
+            self.progress.units_done += 1
+
     def close(self) -> None:
         if self.progress is not None:
-            self.progress.tick(force=True)
+            self.progress.close()
 
 
 def run_annotation_stage(
@@ -343,29 +359,36 @@ def run_annotation_stage(
     if params is None:  # decoding travels with requests: the engine has no settings of its own
         params = default_generate_params(cfg)
     caller = _Caller(cfg, prompts, engine, seed, params)
-    tracker = _Tracker(progress)
+
+    def comments_of(shard: int) -> pa.Table:
+        return comments_by_shard(shard) if callable(comments_by_shard) else comments_by_shard[shard]
+
+    # The total is known before the first label (a count, without building the tasks), so
+    # the progress line never shows a total that grows as shards open.
+    total = sum(count_tasks(comments_of(s), cfg, len(annotators)) for s in shards)
+    if isinstance(progress, Progress):
+        progress.total = total
+    tracker = _Tracker(progress, total)
     try:
         for shard in shards:
             if should_stop():
                 result.stopped = True
                 break
-            table = (
-                comments_by_shard(shard)
-                if callable(comments_by_shard)
-                else comments_by_shard[shard]
-            )
-            tasks = build_tasks(table, cfg, annotators, seed)
+            tasks = build_tasks(comments_of(shard), cfg, annotators, seed)
             members = list(dict.fromkeys(t.target.comment_id for t in tasks))
             digest = task_digest(tasks)
             current = dict(members=members, retry_failed=retry_failed, digest=digest)
             if is_current(store, STAGE, shard, **current):
                 result.shards_already += 1
+                tracker.resumed(len(tasks))
                 continue
             with claim(store, STAGE, shard, result) as held:
                 if not held:
+                    tracker.resumed(len(tasks))  # another process's work: not ours to wait for
                     continue
                 if is_current(store, STAGE, shard, **current):  # done meanwhile
                     result.shards_already += 1
+                    tracker.resumed(len(tasks))
                     continue
                 store.reopen_shard(STAGE, shard)
                 if not _run_shard(
@@ -384,6 +407,7 @@ def run_annotation_stage(
                     break
                 _finish(store, shard, tasks, members, digest, model_name)
                 result.shards_done += 1
+                tracker.shard_done()
     finally:
         tracker.close()
         result.seconds = time.perf_counter() - start
@@ -418,9 +442,8 @@ def _run_shard(
     records = _replay(store, shard, tasks)
     if retry_failed:
         records = {k: r for k, r in records.items() if r["status"] == "ok"}
-    tracker.add_total(len(tasks))
     result.resumed += len(records)
-    tracker.update(len(records))
+    tracker.resumed(len(records))
     pending = deque((t, 1) for t in tasks if t.id not in records)
     if not pending:
         return True
@@ -436,6 +459,7 @@ def _run_shard(
                     and pending[0][0].target.discussion_id == batch[-1][0].target.discussion_id
                 ):
                     batch.append(pending.popleft())
+            tokens_before = (caller.prompt_tokens, caller.completion_tokens)
             outcomes = caller.call(batch)
             result.engine_calls += 1
             finished = failed = 0
@@ -450,7 +474,12 @@ def _run_shard(
             crash_point("annotate.step")
             result.finished += finished
             result.failed += failed
-            tracker.update(finished, failed)
+            tracker.update(
+                finished,
+                failed,
+                caller.prompt_tokens - tokens_before[0],
+                caller.completion_tokens - tokens_before[1],
+            )
     finally:
         journal.close()
     return True

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synth_disco.errors import SynthDiscoError
 from synth_disco.recipe.schema import AnnotationConfig
 from synth_disco.records import Comment, Persona
 from synth_disco.seeds import derive_seed
@@ -24,8 +25,11 @@ from synth_disco.store import schemas
 STAGE = "annotate"
 
 
-class AnnotationError(ValueError):
-    """The annotation settings cannot be applied to these comments or annotators."""
+class AnnotationError(SynthDiscoError):
+    """The annotation settings cannot be applied to these comments or annotators, or the
+    data to annotate cannot be read: bad input, reported as a message (exit code 2)."""
+
+    exit_code = 2
 
 
 def task_id(comment_id: str, annotator_id: str, dimension: str) -> str:
@@ -143,6 +147,17 @@ def group_discussions(comments: Iterable[Comment]) -> dict[str, list[Comment]]:
     for cs in by.values():
         cs.sort(key=lambda c: c.index)
     return by
+
+
+def count_tasks(comments: pa.Table, cfg: AnnotationConfig, pool_size: int) -> int:
+    """How many tasks :func:`build_tasks` makes for ``comments``, without making them (so the
+    annotate stage knows its total before it starts)."""
+    roles = annotated_roles(cfg)
+    rows = comments.select(["role", "text"]).to_pylist()
+    targets = sum(r["role"] in roles and bool((r["text"] or "").strip()) for r in rows)
+    per = cfg.annotators.per_comment
+    per = pool_size if per == "all" else min(int(per), pool_size)
+    return targets * per * len(cfg.dimensions)
 
 
 def build_tasks(

@@ -11,17 +11,19 @@ Shards follow the protocol of :mod:`synth_disco.store.shards` (skip, claim, repl
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from synth_disco.discussion.moderation import planned_calls
 from synth_disco.discussion.state import DiscussionState
 from synth_disco.engines.base import LOAD_FIELDS, ChatRequest, Engine
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
-from synth_disco.recipe.schema import ModelConfig
+from synth_disco.recipe.schema import DiscussionConfig, ModelConfig
 from synth_disco.records import DiscussionSpec
 from synth_disco.store import schemas
 from synth_disco.store.journal import Journal
@@ -41,6 +43,31 @@ class _ShardWork:
     lock: contextlib.ExitStack
     states: list[DiscussionState]
     open: int  # discussions not yet ended
+
+
+def _planned_calls(spec: DiscussionSpec, memo: dict[str, int]) -> int:
+    """The LLM calls a discussion makes by the moderation rules; ``memo`` (the runner's) works
+    each distinct discussion config out once, as cells share theirs."""
+    key = json.dumps(spec.config["discussion"], sort_keys=True, default=str)
+    if key not in memo:
+        calls = planned_calls(DiscussionConfig.model_validate(spec.config["discussion"]))
+        memo[key] = calls.turns + calls.moderator
+    return memo[key]
+
+
+def _calls_made(state: DiscussionState) -> int:
+    """Calls a (replayed) discussion has already made: its generated comments and events."""
+    generated = sum(c.role in ("user", "moderator") for c in state.comments)
+    return generated + len(state.events)
+
+
+def _ended(state: DiscussionState, progress: Progress, memo: dict[str, int]) -> None:
+    """Count a finished discussion; calls it planned but never made (it failed, or a
+    moderator passed its turn) are taken off what is left, so the ETA stays honest."""
+    progress.units_done += 1
+    if state.status == "failed":
+        progress.failed += 1
+    progress.skip(max(_planned_calls(state.spec, memo) - _calls_made(state), 0))
 
 
 def replay(spec: DiscussionSpec, records: Iterable[dict]) -> DiscussionState:
@@ -64,8 +91,11 @@ class DiscussionRunner:
         max_concurrent: int = 64,
         retry_failed: bool = False,
         should_stop: Callable[[], bool] = lambda: False,
+        progress: Progress | None = None,
     ):
         self.store = store
+        self.progress = progress
+        self._calls: dict[str, int] = {}  # discussion config -> planned calls
         self.specs_for_shard = specs_for_shard
         self.engine_for = engine_for
         self.factors = factors
@@ -77,10 +107,10 @@ class DiscussionRunner:
         start = time.perf_counter()
         result = StageResult()
         todo: deque[int] = deque()
-        total = 0
-        # Which shards need work, and how many discussions they hold. _open_shard builds the
-        # specs again rather than keeping these: holding every pending shard's specs at once
-        # would cost memory in proportion to the whole plan, for a few milliseconds a shard.
+        calls = journaled = 0
+        # Which shards need work, and how many calls they take. _open_shard builds the specs
+        # again rather than keeping these: holding every pending shard's specs at once would
+        # cost memory in proportion to the whole plan, for a few milliseconds a shard.
         for shard in shards:
             specs = self.specs_for_shard(shard)
             members = [s.discussion_id for s in specs]
@@ -88,8 +118,17 @@ class DiscussionRunner:
                 result.shards_already += 1
                 continue
             todo.append(shard)
-            total += len(specs)
-        progress = Progress("discuss", total)
+            calls += sum(_planned_calls(spec, self._calls) for spec in specs)
+            journaled += sum(r["t"] == "comment" for r in self.store.read_journal(STAGE, shard))
+        if result.shards_already or journaled:
+            log.info(
+                "discuss: resuming: %d of %d shards done, %d comments journaled in the others",
+                result.shards_already,
+                len(shards),
+                journaled,
+            )
+        progress = self.progress or Progress("discuss", 0, unit="calls")
+        progress.total = calls
         admit: deque[tuple[_ShardWork, DiscussionState]] = deque()
         active: list[tuple[_ShardWork, DiscussionState]] = []
         open_work: list[_ShardWork] = []
@@ -119,9 +158,7 @@ class DiscussionRunner:
                 for work, state in active:
                     if state.done:
                         work.open -= 1
-                        progress.done += 1
-                        if state.status == "failed":
-                            progress.failed += 1
+                        _ended(state, progress, self._calls)
                         if work.open == 0:
                             self._finish_shard(work, result)
                             open_work.remove(work)
@@ -133,7 +170,7 @@ class DiscussionRunner:
             for work in open_work:
                 work.journal.close()
                 work.lock.close()
-            progress.tick(force=True)
+            progress.close()
             result.seconds = time.perf_counter() - start
         return result
 
@@ -157,9 +194,9 @@ class DiscussionRunner:
                 record = {"t": "reopen", "d": spec.discussion_id}
                 journal.append(record)
                 state.absorb(record)
+            progress.skip(_calls_made(state))
             if state.done:
-                progress.done += 1
-                progress.failed += state.status == "failed"
+                _ended(state, progress, self._calls)
             states.append(state)
         journal.sync()
         self.store.reopen_shard(STAGE, shard)
@@ -234,9 +271,13 @@ class DiscussionRunner:
                 for record in state.apply(completion):
                     work.journal.append(record)
                     if record["t"] == "comment":
-                        progress.items += 1
                         result.tokens += completion.completion_tokens
-                progress.tokens += completion.completion_tokens
+                progress.add(
+                    1,
+                    failed=completion.finish_reason == "error",
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                )
                 touched[work.shard] = work.journal
         for journal in touched.values():
             journal.sync()

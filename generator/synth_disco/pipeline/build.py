@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,10 +33,12 @@ from synth_disco.discussion.stage import DiscussionRunner
 from synth_disco.engines.base import LOAD_FIELDS, Engine, EngineConfig
 from synth_disco.engines.registry import load_engine
 from synth_disco.engines.sampling import sampling_params_from
-from synth_disco.errors import SynthDiscoError
+from synth_disco.errors import RecipeError, SynthDiscoError
 from synth_disco.faults import crash_point
 from synth_disco.pipeline.world import World, detect_world
+from synth_disco.progress import Progress
 from synth_disco.recipe.load import LoadedRecipe, load_recipe
+from synth_disco.recipe.preflight import preflight
 from synth_disco.recipe.schema import ModelConfig
 from synth_disco.store.run_dir import RunStore, StoreError
 from synth_disco.store.shards import StageResult
@@ -69,6 +72,7 @@ class BuildReport:
     annotate: StageResult | None = None
     nothing_to_do: bool = False
     extended_from: int | None = None
+    seconds: float = 0.0  # wall time of this call
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
@@ -77,7 +81,9 @@ def default_run_dir(loaded: LoadedRecipe) -> Path:
 
 # -- logging and signals -----------------------------------------------------------------------
 @contextmanager
-def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterator[None]:
+def run_logging(
+    store: RunStore, world: World, verbose: bool = False, *, quiet: bool = False
+) -> Iterator[None]:
     """Log to the console and to ``logs/run.log`` while a build runs; restore the logger after
     (a library call must not leave handlers behind in the caller's process)."""
     store.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,7 @@ def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterato
     rank = f"[rank {world.rank}] " if world.size > 1 else ""
     file_handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {rank}%(message)s"))
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter(f"{rank}%(message)s"))
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -102,6 +108,37 @@ def run_logging(store: RunStore, world: World, verbose: bool = False) -> Iterato
             h.close()
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+@contextmanager
+def quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Silence transformers' and the Hub's progress bars and warnings while a build runs,
+    unless ``verbose``; restore them after (they are process-wide settings)."""
+    if verbose:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tf_logging
+
+    verbosity = tf_logging.get_verbosity()
+    bars = tf_logging.is_progress_bar_enabled()
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            for module in ("transformers", "torch", "accelerate", "huggingface_hub"):
+                warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+            # Warnings raised from our calls into them carry our module's name: match on text.
+            warnings.filterwarnings("ignore", message=r".*(past_key_values|deprecated)")
+            yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()
 
 
 @contextmanager
@@ -134,10 +171,17 @@ def load_model(cfg: ModelConfig) -> Engine:
 
 
 class EngineCache:
-    """One engine per distinct set of weights, loaded on first use, shared by all stages."""
+    """One engine per distinct set of weights, loaded on first use, shared by all stages.
 
-    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_model):
+    ``close_engines=False`` leaves the engines open at the end: a caller that passed its own
+    engine (a notebook that keeps a model loaded across builds) closes it itself.
+    """
+
+    def __init__(
+        self, loader: Callable[[ModelConfig], Engine] = load_model, *, close_engines: bool = True
+    ):
         self._loader = loader
+        self._close = close_engines
         self._engines: dict[str, Engine] = {}
 
     def __call__(self, cfg: ModelConfig) -> Engine:
@@ -148,8 +192,9 @@ class EngineCache:
         return self._engines[key]
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            engine.close()
+        if self._close:
+            for engine in self._engines.values():
+                engine.close()
         self._engines.clear()
 
 
@@ -170,8 +215,7 @@ def open_run(
         # discussion; any other change would mix two experiments in one run.
         earlier = [*overrides, f"replicates={old}", f"version={info['version']}"]
         same_but_replicates = (
-            recipe.replicates >= old
-            and load_recipe(loaded.path, earlier).fingerprint == info["fingerprint"]
+            recipe.replicates >= old and loaded.reload(earlier).fingerprint == info["fingerprint"]
         )
         if not same_but_replicates:
             raise RunChangedError(
@@ -206,27 +250,46 @@ def open_run(
 
 
 def build(
-    recipe_path: Path,
+    recipe: Path | LoadedRecipe,
     overrides: Sequence[str] = (),
     *,
     out: Path | None = None,
     stage: Stage = "all",
     retry_failed: bool = False,
     engine_loader: Callable[[ModelConfig], Engine] = load_model,
+    engine: Engine | None = None,
     verbose: bool = False,
+    progress: str = "auto",
 ) -> BuildReport:
-    """Run (or resume) every step of a recipe into ``out``; see the module docstring."""
-    overrides = list(overrides)
-    loaded = load_recipe(recipe_path, overrides)
-    recipe = loaded.recipe
+    """Run (or resume) every step of a recipe into ``out``; see the module docstring.
+
+    ``recipe`` is a recipe file (loaded with ``overrides``) or an already loaded recipe (its
+    own overrides apply). ``engine`` serves every model of the recipe and stays open after
+    the build; without it, engines are loaded with ``engine_loader`` and closed at the end.
+    ``progress`` is ``auto`` (a bar on a terminal, lines otherwise), ``bar``, ``lines`` or
+    ``quiet`` (warnings and the end only).
+    """
+    started = time.monotonic()
+    if isinstance(recipe, LoadedRecipe):
+        loaded, overrides = recipe, list(recipe.overrides)
+    else:
+        overrides = list(overrides)
+        loaded = load_recipe(recipe, overrides)
+    recipe_path = loaded.path
+    checks = preflight(loaded)
+    if checks.errors and engine is None and engine_loader is load_model:
+        raise RecipeError(checks.errors)  # before any run directory is touched
+    recipe_cfg = loaded.recipe
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
     world = detect_world()
-    with run_logging(store, world, verbose):
+    with run_logging(store, world, verbose, quiet=progress == "quiet"), quiet_libraries(verbose):
         extended_from = open_run(loaded, store, overrides, world)
         report = BuildReport(store.root, extended_from=extended_from)
         if extended_from is not None:
-            log.info("extending the run from %d to %d replicates", extended_from, recipe.replicates)
+            log.info(
+                "extending the run from %d to %d replicates", extended_from, recipe_cfg.replicates
+            )
 
         plan = make_plan(loaded)
         if world.is_main:
@@ -236,8 +299,8 @@ def build(
         mine = [s for s in range(plan.n_shards) if s % world.size == world.rank]
         log.info(
             "%s %s: %d discussions in %d shards (%d for this process), fingerprint %s",
-            recipe.name,
-            recipe.version,
+            recipe_cfg.name,
+            recipe_cfg.version,
             plan.n_discussions,
             plan.n_shards,
             len(mine),
@@ -248,9 +311,14 @@ def build(
             log.info("nothing to do: %s is complete (dataset in %s)", store.root, store.dataset_dir)
             report.nothing_to_do = True
             report.dataset_dir = store.dataset_dir
+            report.seconds = time.monotonic() - started
             return report
 
-        engines = EngineCache(engine_loader)
+        engines = (
+            EngineCache(lambda cfg: engine, close_engines=False)
+            if engine is not None
+            else EngineCache(engine_loader)
+        )
         try:
             with stop_on_signals() as should_stop:
                 if stage in ("all", "discuss"):
@@ -259,31 +327,39 @@ def build(
                         plan.specs_for_shard,
                         engines,
                         list(plan.factors),
-                        max_concurrent=recipe.run.max_concurrent,
+                        max_concurrent=recipe_cfg.run.max_concurrent,
                         retry_failed=retry_failed,
                         should_stop=should_stop,
+                        progress=stage_progress("discuss", "calls", progress, store, world),
                     )
                     report.discuss = runner.run(mine)
                     if report.discuss.stopped:
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     crash_point("between.stages")
-                if stage in ("all", "annotate") and recipe.annotation is not None:
+                if stage in ("all", "annotate") and recipe_cfg.annotation is not None:
                     require_discussions(
                         store, mine, "run the discussions first (`--stage discuss`, or no --stage)"
                     )
                     report.annotate = run_annotation(
-                        loaded, store, mine, engines, should_stop, retry_failed
+                        loaded,
+                        store,
+                        mine,
+                        engines,
+                        should_stop,
+                        retry_failed,
+                        stage_progress("annotate", "labels", progress, store, world),
                     )
                     if report.annotate.stopped:
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     if world.is_main:
-                        write_aggregates(store, recipe.annotation)
+                        write_aggregates(store, recipe_cfg.annotation)
         finally:
             engines.close()
 
         if not world.is_main:
+            report.seconds = time.monotonic() - started
             return report
         require_discussions(
             store,
@@ -294,7 +370,20 @@ def build(
             report.dataset_dir = assemble_run(loaded, store)
             crash_point("end")
         check_failures(loaded, store)
+        report.seconds = time.monotonic() - started
         return report
+
+
+def stage_progress(stage: str, unit: str, mode: str, store: RunStore, world: World) -> Progress:
+    """The progress display of one stage in this process, saving its figures for ``status``."""
+    rank = f"-rank{world.rank}" if world.size > 1 else ""
+    return Progress(
+        stage,
+        0,  # the stage sets its total before it starts
+        unit=unit,
+        mode=mode,
+        state_file=store.root / "logs" / f"progress-{stage}{rank}.json",
+    )
 
 
 def is_complete(loaded: LoadedRecipe, store: RunStore, n_shards: int) -> bool:
@@ -325,6 +414,7 @@ def run_annotation(
     engines: EngineCache,
     should_stop: Callable[[], bool],
     retry_failed: bool,
+    progress: Progress | None = None,
 ) -> StageResult:
     """The annotation stage over this process's shards (see ``annotation/stage.py``)."""
     recipe = loaded.recipe
@@ -348,6 +438,7 @@ def run_annotation(
         params=default_generate_params(cfg, sampling_params_from(model_cfg)),
         retry_failed=retry_failed,
         prompts=prompts,
+        progress=progress,
     )
     return result
 

@@ -55,9 +55,15 @@ class LoadedRecipe:
     base_dir: Path
     fingerprint: str
     files: dict[str, str] = field(default_factory=dict)
+    source: str = field(default="", repr=False)  # the recipe text as read
+    overrides: tuple[str, ...] = ()  # the --set overrides it was loaded with
     _personas: dict[str, list[Persona]] = field(default_factory=dict, repr=False)
     _posts: list[Post] | None = field(default=None, repr=False)
     _cells: dict[tuple[tuple[str, str], ...], Recipe] = field(default_factory=dict, repr=False)
+
+    def reload(self, overrides: Sequence[str] = ()) -> LoadedRecipe:
+        """The same recipe text loaded again with other ``--set`` overrides."""
+        return load_recipe_text(self.source, self.path, overrides)
 
     @property
     def short_fingerprint(self) -> str:
@@ -127,6 +133,16 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError([Problem(ck.file, None, None, "", f"cannot read: {e}")]) from None
+    return load_recipe_text(text, path, overrides)
+
+
+def load_recipe_text(
+    text: str, path: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> LoadedRecipe:
+    """``load_recipe`` for recipe text that is not (or not only) a file: ``path`` names it in
+    messages, and relative file references resolve against its folder."""
+    path = Path(path)
+    ck = Checker(path)
     doc = parse_yaml(text, ck.file)
     data, ck.marks, ck.problems, ck.yaml_bad = doc.data, doc.marks, doc.problems, doc.refused
     if data is None:
@@ -189,6 +205,8 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         raise RecipeError(ck.sorted_problems())
     loaded.files = dict(sorted(ck.files.items()))
     loaded.fingerprint = fingerprint_of(data, loaded.files)
+    loaded.source = text
+    loaded.overrides = tuple(overrides)
     return loaded
 
 

@@ -311,3 +311,29 @@ class Recipe(Strict):
 
     def model_for(self, name: str | None) -> ModelConfig:
         return self.models[name or next(iter(self.models))]
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema as users write recipes, for editors (``synth-disco schema``).
+
+    It is the pydantic schema plus the shorthands the loader accepts before validation: a
+    persona pool or the posts as a bare list of records or a path, an empty factor level
+    (``none:``), a numeric version.
+    """
+    doc = Recipe.model_json_schema()
+    source = {"$ref": "#/$defs/SourceSpec"}
+    shorthand = [
+        source,
+        {"type": "array", "items": {"type": "object"}, "description": "records inline"},
+        {"type": "string", "description": "a file or directory, relative to the recipe"},
+    ]
+    props = doc["properties"]
+    props["personas"]["additionalProperties"] = {"anyOf": shorthand}
+    props["posts"] = {"anyOf": shorthand, "title": "Posts"}
+    props["factors"]["additionalProperties"]["additionalProperties"] = {
+        "anyOf": [{"type": "object"}, {"type": "null"}]
+    }
+    props["version"] = {"anyOf": [{"type": "string"}, {"type": "number"}], "default": "0.1.0"}
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "synth-disco recipe"
+    return doc
