@@ -25,7 +25,9 @@ from synth_disco.discussion.quality import (
     shingle_jaccard,
 )
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "generator" / "synth_disco" / "discussion" / "templates"
+TEMPLATES = (
+    Path(__file__).resolve().parents[1] / "generator" / "synth_disco" / "discussion" / "templates"
+)
 TURN = (TEMPLATES / "turn.j2").read_text(encoding="utf-8")
 SYSTEM = (TEMPLATES / "system.j2").read_text(encoding="utf-8")
 
