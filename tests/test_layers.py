@@ -16,14 +16,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "generator" / "synth_disco"
 
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "records", "seeds", "faults", "progress"},
+    {"errors", "records", "seeds", "faults", "progress"},
     {"store", "engines"},
     {"recipe"},
     {"discussion", "annotation"},
     {"design", "dataset"},
     {"pipeline"},
     {"hub"},
-    {"cli", "api", "runinfo", "__main__"},
+    # The package's face: ``synth_disco/__init__.py`` hands on the API's names (lazily).
+    {"cli", "api", "runinfo", "__main__", "__init__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
