@@ -260,6 +260,9 @@ def build(
     quiet: bool,
 ) -> None:
     """Plan, generate, annotate and assemble RECIPE into a dataset; resumes where it stopped."""
+    # Say something at once: importing the engines and loading a model take seconds.
+    if not quiet:
+        click.echo(f"synth-disco {__version__}: building {recipe.as_posix()}", err=True)
     from synth_disco.pipeline.build import build as run_build
 
     if recipe.is_dir():
