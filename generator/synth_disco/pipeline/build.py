@@ -134,17 +134,29 @@ def load_model(cfg: ModelConfig) -> Engine:
 
 
 class EngineCache:
-    """One engine per distinct set of weights, loaded on first use, shared by all stages."""
+    """One engine per distinct set of weights, loaded on first use, shared by all stages.
 
-    def __init__(self, loader: Callable[[ModelConfig], Engine] = load_model):
+    With a ``store``, what each engine reports about itself (``engine_info``: the model id a
+    server reported, the dtype loaded, ...) is recorded in the run directory for the card.
+    """
+
+    def __init__(
+        self,
+        loader: Callable[[ModelConfig], Engine] = load_model,
+        store: RunStore | None = None,
+    ):
         self._loader = loader
+        self._store = store
         self._engines: dict[str, Engine] = {}
 
     def __call__(self, cfg: ModelConfig) -> Engine:
         key = cfg.model_dump_json(include=LOAD_FIELDS)
         if key not in self._engines:
             log.info("loading model %s (%s engine)", cfg.model, cfg.engine)
-            self._engines[key] = self._loader(cfg)
+            engine = self._engines[key] = self._loader(cfg)
+            info = getattr(engine, "engine_info", None)
+            if self._store is not None and callable(info):
+                self._store.record_engine({**info(), "engine": cfg.engine, "model": cfg.model})
         return self._engines[key]
 
     def close(self) -> None:
@@ -250,7 +262,7 @@ def build(
             report.dataset_dir = store.dataset_dir
             return report
 
-        engines = EngineCache(engine_loader)
+        engines = EngineCache(engine_loader, store)
         try:
             with stop_on_signals() as should_stop:
                 if stage in ("all", "discuss"):
@@ -335,14 +347,15 @@ def run_annotation(
     prompts = PromptBuilder(
         cfg, user_template=text_value(override, "discussion.templates.annotation") or None
     )
+    engine = engines(model_cfg)
     result = run_annotation_stage(
         store,
         lambda shard: store.read_shard("discuss", shard, "comments"),
         mine,
         cfg,
         annotators,
-        engines(model_cfg),
-        model_name=model_cfg.model,
+        engine,
+        model_name=engine.model_id,  # a server reports its own id for the model
         seed=recipe.seed,
         should_stop=should_stop,
         params=default_generate_params(cfg, sampling_params_from(model_cfg)),

@@ -25,9 +25,15 @@ class OpenAIConfigError(SynthDiscoError):
 
 
 def url_problem(url: object) -> str | None:
-    """Why ``url`` cannot be a server root, or None."""
+    """Why ``url`` cannot be a server root, or None. Credentials in a URL are refused: the
+    URL is copied into the run directory and the dataset card, a key must stay out of both."""
     if not isinstance(url, str) or not _URL.match(url.strip()):
         return f"{url!r} is not an http(s) URL (like http://host:8000)"
+    if re.match(r"^https?://[^/]*@", url.strip()):
+        return (
+            "a URL with credentials (user:password@) would be copied into the run and the "
+            "dataset; put the key in an environment variable named by api_key_env"
+        )
     return None
 
 
