@@ -188,3 +188,19 @@ def test_killed_openai_build_resumes_to_the_same_dataset(server, tmp_path) -> No
         assert len({key(r) for r in got}) == len(got), f"duplicates in {config}"
         assert sorted(got, key=key) == sorted(want, key=key), config
     assert files_holding(out, KEY) == [] and files_holding(reference, KEY) == []
+
+
+def test_resume_against_a_server_that_moved(server, tmp_path) -> None:
+    """How to reach the server is not part of the experiment: a build killed mid-way resumes
+    against the same model at another address (the fingerprint leaves base_url out)."""
+    out = tmp_path / "run"
+    killed = cli(recipe(tmp_path, server.url), out, kill_at="discuss.step:2")
+    assert killed.returncode == -signal.SIGKILL
+    with OpenAIServer(api_key=KEY) as moved:
+        path = recipe(tmp_path, moved.url, timeout_s=30)
+        resumed = cli(path, out)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "recipe changed" not in resumed.stderr and moved.hits_to(CHAT)
+    assert {d["status"] for d in rows(out, "discussions")} == {"ok"}
+    changed = cli(recipe(tmp_path, server.url, top_logprobs=5), out)
+    assert changed.returncode == 2 and "recipe changed" in changed.stderr  # scores would change

@@ -31,13 +31,16 @@ class EngineEntry:
     request and are read by every engine); ``needs``: those a config must set;
     ``reproducibility``: one sentence on what the same seed and settings give again;
     ``requires``: modules it imports that synth-disco does not install, and ``install`` how
-    to get them.
+    to get them; ``transport``: keys that say how to reach the engine, not what it computes
+    (a server's address, timeouts): they may change between a build and its resume, so they
+    stay out of the recipe's fingerprint.
     """
 
     module: str
     accepts: frozenset[str]
     reproducibility: str
     needs: frozenset[str] = frozenset()
+    transport: frozenset[str] = frozenset()
     requires: tuple[str, ...] = ()
     install: str = ""
 
@@ -102,6 +105,7 @@ ENGINES: dict[str, EngineEntry] = {
         "synth_disco.engines.openai",
         accepts=_OPENAI,
         needs=frozenset({"base_url", "model"}),
+        transport=_OPENAI - {"engine", "model", "top_logprobs"},  # top_logprobs shapes scores
         reproducibility=(
             "Each request sent its own seed to an OpenAI-compatible server: sampled replies "
             "repeat only where the server honours per-request seeds and batches "
@@ -112,6 +116,12 @@ ENGINES: dict[str, EngineEntry] = {
 }
 
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
+
+
+def transport_keys() -> frozenset[str]:
+    """Every engine's ``transport`` keys: a model config's keys that a resumed build may
+    change (the server moved, a timeout was raised) without changing the experiment."""
+    return frozenset().union(*(e.transport for e in ENGINES.values()))
 
 
 def engine_entry(name: str) -> EngineEntry:
