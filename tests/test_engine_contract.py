@@ -103,9 +103,7 @@ def test_bad_requests_get_error_results_and_the_others_go_on(engine) -> None:
     assert out[0].finish_reason in FINISH and out[0].error is None
     assert out[1].finish_reason == "error" and "max_new_tokens" in out[1].error
     assert out[2].finish_reason == "error" and "top_p" in out[2].error
-    scores = engine.score(
-        [ScoreRequest("s0", chat(0), ()), ScoreRequest("s1", chat(1), DIGITS)]
-    )
+    scores = engine.score([ScoreRequest("s0", chat(0), ()), ScoreRequest("s1", chat(1), DIGITS)])
     assert scores[0].error and scores[0].probs == ()
     assert scores[1].error is None
 

@@ -299,7 +299,9 @@ def test_key_is_sent_and_never_leaks(monkeypatch, caplog, engines) -> None:
 def test_missing_key_variable(monkeypatch, server) -> None:
     monkeypatch.delenv("TEST_OPENAI_KEY", raising=False)
     with pytest.raises(EndpointError, match="TEST_OPENAI_KEY.*not set"):
-        OpenAIEngine(OpenAIConfig(base_url=server.url, model="test-model", api_key_env="TEST_OPENAI_KEY"))
+        OpenAIEngine(
+            OpenAIConfig(base_url=server.url, model="test-model", api_key_env="TEST_OPENAI_KEY")
+        )
 
 
 # ------------------------------------------------------------------ replicas

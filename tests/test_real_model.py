@@ -93,7 +93,10 @@ def test_safetensors_copy_generates_what_the_gguf_does(smollm2_engine) -> None:
         assert [c.text for c in copy.generate(reqs)] == [
             c.text for c in smollm2_engine.generate(reqs)
         ]
-        assert copy.lm.tokenizer.chat_template == smollm2_engine.lm.tokenizer.chat_template
+        # Tokenizer, ChatML template and end of sequence all came from the GGUF file.
+        template = smollm2_engine.lm.tokenizer.chat_template
+        assert "<|im_start|>" in template and copy.lm.tokenizer.chat_template == template
+        assert smollm2_engine.lm.tokenizer.eos_token == "<|im_end|>"
         assert copy.lm.eos_ids == smollm2_engine.lm.eos_ids == [2]
     finally:
         copy.close()

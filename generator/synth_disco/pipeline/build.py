@@ -355,7 +355,8 @@ def run_annotation(
         cfg,
         annotators,
         engine,
-        model_name=engine.model_id,  # a server reports its own id for the model
+        # The id the engine reports (a server's own name for the model), else the recipe's.
+        model_name=getattr(engine, "model_id", None) or model_cfg.model,
         seed=recipe.seed,
         should_stop=should_stop,
         params=default_generate_params(cfg, sampling_params_from(model_cfg)),

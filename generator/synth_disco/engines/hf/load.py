@@ -260,7 +260,6 @@ def load_dtype(
     return choice.dtype
 
 
-
 def looks_local(model: str) -> bool:
     """Whether ``model`` names a filesystem path rather than a hub id like ``org/name``."""
     return (

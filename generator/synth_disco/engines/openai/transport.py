@@ -223,9 +223,7 @@ class ServerPool:
         try:
             return _Attempt(await self._client.request(method, rep.root + path, json=body))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            return _Attempt(
-                reason=f"cannot connect to {rep.shown} ({describe(exc)})", refused=True
-            )
+            return _Attempt(reason=f"cannot connect to {rep.shown} ({describe(exc)})", refused=True)
         except httpx.TimeoutException as exc:
             return _Attempt(
                 reason=f"{rep.shown}{path} did not answer in time ({describe(exc)}, "
