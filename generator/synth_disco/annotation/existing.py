@@ -213,7 +213,7 @@ def annotate_existing(
             cfg,
             annotators,
             engine,
-            model_name=model_cfg.model,
+            model_name=getattr(engine, "model_id", None) or model_cfg.model,
             seed=recipe.seed,
             max_batch=max_batch,
             progress=progress,

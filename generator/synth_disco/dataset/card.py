@@ -394,6 +394,21 @@ def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None)
     }
 
 
+def _reported(m: Mapping[str, Any]) -> str:
+    """The model id(s) the engine reported, when they differ from the recipe's."""
+    reported = m.get("reported_id")
+    ids = [reported] if isinstance(reported, str) else list(reported or [])
+    return ", ".join(f"`{r}`" for r in ids if r != m["id"])
+
+
+def _dtype(m: Mapping[str, Any]) -> str:
+    """The dtype asked for, and the one loaded where they differ (``auto`` -> float32)."""
+    loaded = sorted({str(e["dtype"]) for e in m.get("loaded") or [] if e.get("dtype")})
+    if not loaded or loaded == [m["dtype"]]:
+        return m["dtype"]
+    return f"{m['dtype']} (loaded {', '.join(loaded)})"
+
+
 def _generation(g: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in g.items() if v not in ([], None))
 
@@ -521,10 +536,18 @@ def card_context(
                 if isinstance(m["revision"], str)
                 else ", ".join(m["revision"] or []) or "latest at build time",
                 "engine": m["engine"],
-                "dtype": m["dtype"],
+                "reported": _reported(m),
+                "dtype": _dtype(m),
                 "generation": _generation(m["generation"]),
             }
             for k, m in manifest["models"].items()
+        ],
+        "reproducibility": [
+            {"engine": engine, "text": text}
+            for engine, text in dict(
+                (m["engine"], m.get("reproducibility")) for m in manifest["models"].values()
+            ).items()
+            if text
         ],
         "instructions": _instructions(recipe),
         "templates": [{"name": n, "text": t} for n, t in prompt_templates(recipe)],

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from synth_disco.dataset.portable import portable_model_id, portable_recipe
+from synth_disco.engines.registry import ENGINES
 from synth_disco.errors import SynthDiscoError
 from synth_disco.recipe.overrides import patch_leaves
 from synth_disco.recipe.schema import Recipe
@@ -122,20 +123,35 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=100)
 
 
-def _models_manifest(recipe: Recipe, seen: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each recipe model: id, revision (the resolved one from the rows when known), engine and
+def _models_manifest(
+    recipe: Recipe, seen: list[dict[str, Any]], engines: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each recipe model: id, revision (the resolved one from the rows when known), engine,
+    what the loaded engine reported (``reported_id``: the id a server gave; ``loaded``: its
+    ``engine_info``, e.g. the dtype ``auto`` became), the engine's reproducibility and the
     generation parameters."""
     out = {}
     for key, m in recipe.models.items():
         model_id = portable_model_id(m.model)
-        resolved = sorted({s["revision"] for s in seen if s["model"] in (m.model, model_id, key)})
+        # The engine's own record, minus the model as the recipe wrote it (maybe a local path).
+        loaded = [
+            {k: v for k, v in e.items() if k not in ("model", "reproducibility")}
+            for e in engines
+            if e.get("engine") == m.engine and e.get("model") == m.model
+        ]
+        reported = sorted({str(e["name"]) for e in loaded if e.get("name")})
+        names = (m.model, model_id, key, *reported)
+        resolved = sorted({s["revision"] for s in seen if s["model"] in names})
         resolved = [r for r in resolved if r]
         out[key] = {
             "id": model_id,
+            "reported_id": reported[0] if len(reported) == 1 else (reported or None),
             "revision": resolved[0] if len(resolved) == 1 else (resolved or m.revision),
             "requested_revision": m.revision,
             "engine": m.engine,
             "dtype": m.dtype,
+            "loaded": loaded,
+            "reproducibility": ENGINES[m.engine].reproducibility if m.engine in ENGINES else None,
             "generation": {
                 "max_new_tokens": m.max_new_tokens,
                 "temperature": m.temperature,
@@ -181,7 +197,7 @@ def build_manifest(
         "version": recipe.version,
         "fingerprint": fingerprint,
         "versions": package_versions(),
-        "models": _models_manifest(recipe, stats["models_seen"]),
+        "models": _models_manifest(recipe, stats["models_seen"], store.read_engines()),
         "counts": {name: c["num_examples"] for name, c in configs.items()},
         "configs": configs,
         "files": files,

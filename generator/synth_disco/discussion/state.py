@@ -269,7 +269,7 @@ class DiscussionState:
             variant=p.variant if p and slot.role == "user" else None,
             text=text,
             raw_text=c.text,
-            model=model_label(model),
+            model=c.model or model_label(model),  # the model the engine says answered
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
             finish_reason=c.finish_reason,
@@ -321,6 +321,12 @@ class DiscussionState:
             raise ValueError(f"unknown journal record {kind!r}")
 
     # -- output rows ---------------------------------------------------------------------------
+    def _answered_by(self, role: str, config_name: str) -> str:
+        """The model recorded for ``role``'s comments: the one its first comment says answered
+        (a server reports its own id), else the configured one."""
+        first = next((c.model for c in self.comments if c.role == role and c.model), None)
+        return first or model_label(self._models[config_name])
+
     def discussion_row(self, factors: list[str]) -> dict[str, Any]:
         spec = self.spec
         model_cfg = self._models[self.model_name]
@@ -347,12 +353,12 @@ class DiscussionState:
                 "policy": mod.policy,
                 "k": mod.k,
                 "instructions": mod.instructions if isinstance(mod.instructions, str) else "",
-                "model": model_label(self._models[self.moderator_model_name]),
+                "model": self._answered_by("moderator", self.moderator_model_name),
             },
             "turn_policy": self.cfg.turn_taking.policy,
             "turns": self.cfg.turns,
             "context_window": self.cfg.context_window,
-            "model": model_label(model_cfg),
+            "model": self._answered_by("user", self.model_name),
             "model_revision": model_cfg.revision,
             "generation": json.dumps(
                 {

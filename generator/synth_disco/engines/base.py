@@ -47,10 +47,30 @@ class EngineConfig:
     max_batch_size: int = 64
     max_batch_tokens: int | None = None  # padded tokens (prompt + new) in one batch
     prefix_cache_mb: float | None = None  # 0 turns prompt prefix reuse off
+    # transformers: the GGUF file to load from the directory or Hub repo named by ``model``
+    # (a ``model`` ending in ``.gguf`` names its file itself).
+    gguf_file: str | None = None
+    # vllm: keyword arguments for ``vllm.LLM``, passed as they are.
+    engine_args: Mapping[str, Any] | None = None
+    # openai: the server roots (replicas of one model), the environment variable holding the
+    # API key, and how requests are sent (None: the engine's defaults, see engines.openai).
+    base_url: tuple[str, ...] = ()
+    api_key_env: str | None = None
+    max_in_flight: int | None = None
+    timeout_s: float | None = None
+    connect_timeout_s: float | None = None
+    max_retries: int | None = None
+    backoff_initial_s: float | None = None
+    backoff_max_s: float | None = None
+    top_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if isinstance(self.base_url, str):  # one server given as a string
+            object.__setattr__(self, "base_url", (self.base_url,))
+        elif not isinstance(self.base_url, tuple):
+            object.__setattr__(self, "base_url", tuple(self.base_url))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> EngineConfig:
@@ -104,6 +124,9 @@ class Completion:
     completion_tokens: int
     finish_reason: FinishReason
     error: str | None = None
+    # The model that answered, as the engine reports it (a server names the model, or the
+    # dated snapshot, that answered); None: the model as configured.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,9 +212,15 @@ class Capabilities:
 
     ``score_threads(requests: list[ThreadScoreRequest]) -> list[LabelScores]``: results in
     request order then question order, as :func:`score_threads_by_prompts` gives them.
+
+    ``seeded_sampling`` is a promise rather than a method: a sampled reply is a function of
+    the request and its seed alone (the same seed gives the same text again, whichever
+    requests share the call). An engine that sends seeds to a server it does not control
+    cannot promise it.
     """
 
     score_threads: bool = False
+    seeded_sampling: bool = False
 
 
 class Engine(Protocol):

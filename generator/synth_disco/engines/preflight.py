@@ -48,6 +48,8 @@ def model_problem(config: EngineConfig) -> str | None:
         path = Path(model).expanduser()
         if not path.exists():
             return f"{model}: no such file or directory (a local model must exist)"
+        if path.is_dir() and config.gguf_file and not (path / config.gguf_file).exists():
+            return f"{model}: has no {config.gguf_file} (gguf_file)"
         if path.is_dir() and not (path / "config.json").exists():
             ggufs = sorted(p.name for p in path.glob("*.gguf"))
             if not ggufs:
@@ -56,7 +58,8 @@ def model_problem(config: EngineConfig) -> str | None:
     if _offline():
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(model, "config.json", revision=config.revision)
+        wanted = config.gguf_file or "config.json"
+        cached = try_to_load_from_cache(model, wanted, revision=config.revision)
         if not isinstance(cached, str):
             return (
                 f"{model} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "

@@ -7,9 +7,13 @@ serve model configs that differ only in how they decode.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from synth_disco.engines.base import SamplingParams
+
+# A model config's decoding settings: every engine reads them (they travel with each request).
+DECODING_FIELDS = frozenset(f.name for f in fields(SamplingParams))
 
 
 def sampling_params_from(config: Mapping[str, Any] | object) -> SamplingParams:

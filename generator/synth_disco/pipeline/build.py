@@ -174,13 +174,20 @@ class EngineCache:
     """One engine per distinct set of weights, loaded on first use, shared by all stages.
 
     ``close_engines=False`` leaves the engines open at the end: a caller that passed its own
-    engine (a notebook that keeps a model loaded across builds) closes it itself.
+    engine (a notebook that keeps a model loaded across builds) closes it itself. With a
+    ``store``, what each engine reports about itself (``engine_info``: the model id a server
+    reported, the dtype loaded, ...) is recorded in the run directory for the card.
     """
 
     def __init__(
-        self, loader: Callable[[ModelConfig], Engine] = load_model, *, close_engines: bool = True
+        self,
+        loader: Callable[[ModelConfig], Engine] = load_model,
+        store: RunStore | None = None,
+        *,
+        close_engines: bool = True,
     ):
         self._loader = loader
+        self._store = store
         self._close = close_engines
         self._engines: dict[str, Engine] = {}
 
@@ -188,7 +195,10 @@ class EngineCache:
         key = cfg.model_dump_json(include=LOAD_FIELDS)
         if key not in self._engines:
             log.info("loading model %s (%s engine)", cfg.model, cfg.engine)
-            self._engines[key] = self._loader(cfg)
+            engine = self._engines[key] = self._loader(cfg)
+            info = getattr(engine, "engine_info", None)
+            if self._store is not None and callable(info):
+                self._store.record_engine({**info(), "engine": cfg.engine, "model": cfg.model})
         return self._engines[key]
 
     def close(self) -> None:
@@ -315,9 +325,9 @@ def build(
             return report
 
         engines = (
-            EngineCache(lambda cfg: engine, close_engines=False)
+            EngineCache(lambda cfg: engine, store, close_engines=False)
             if engine is not None
-            else EngineCache(engine_loader)
+            else EngineCache(engine_loader, store)
         )
         try:
             with stop_on_signals() as should_stop:
@@ -425,14 +435,16 @@ def run_annotation(
     prompts = PromptBuilder(
         cfg, user_template=text_value(override, "discussion.templates.annotation") or None
     )
+    engine = engines(model_cfg)
     result = run_annotation_stage(
         store,
         lambda shard: store.read_shard("discuss", shard, "comments"),
         mine,
         cfg,
         annotators,
-        engines(model_cfg),
-        model_name=model_cfg.model,
+        engine,
+        # The id the engine reports (a server's own name for the model), else the recipe's.
+        model_name=getattr(engine, "model_id", None) or model_cfg.model,
         seed=recipe.seed,
         should_stop=should_stop,
         params=default_generate_params(cfg, sampling_params_from(model_cfg)),

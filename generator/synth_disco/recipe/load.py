@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from synth_disco.engines.registry import transport_keys
 from synth_disco.errors import Problem, RecipeError
 from synth_disco.recipe.checker import Checker, display_path
 from synth_disco.recipe.checks import (
@@ -114,7 +115,24 @@ def canonical_json(data: Any) -> str:
 
 
 def fingerprint_of(raw: dict[str, Any], files: dict[str, str]) -> str:
-    """sha256 over the resolved recipe and the digests of the files it uses."""
+    """sha256 over the resolved recipe and the digests of the files it uses.
+
+    A model's transport keys (how to reach a server: ``base_url``, timeouts, retries; see
+    ``engines.registry.transport_keys``) are left out: a build may resume against a server
+    that moved.
+    """
+    transport = transport_keys()
+    models = raw.get("models")
+    if isinstance(models, dict):
+        raw = {
+            **raw,
+            "models": {
+                name: {k: v for k, v in m.items() if k not in transport}
+                if isinstance(m, dict)
+                else m
+                for name, m in models.items()
+            },
+        }
     h = hashlib.sha256()
     h.update(canonical_json(raw).encode())
     for rel in sorted(files):

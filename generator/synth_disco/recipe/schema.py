@@ -7,10 +7,21 @@ keys so a typo is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from synth_disco.engines.registry import ENGINES
+from synth_disco.engines.sampling import DECODING_FIELDS
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -31,24 +42,112 @@ Text = str | FileRef
 
 
 class ModelConfig(Strict):
-    """A named model: which engine runs it and how it decodes."""
+    """A named model: which engine runs it, how that engine loads it, and how it decodes.
 
-    engine: Literal["transformers", "tiny"] = "transformers"
-    model: str = Field("tiny", description="Hub id, local path, or 'tiny' / 'tiny:<seed>'")
+    Decoding keys (``max_new_tokens`` ... ``stop``) are read by every engine; each other key
+    by the engines whose registry entry lists it (``engines/registry.py``). A key the chosen
+    engine does not read is an error at its line; set to its default (or null) it is harmless,
+    so a config that switches engines in a factor level needs no clean-up. ``None`` leaves a
+    setting to the engine's own default.
+    """
+
+    engine: str = "transformers"  # a name in engines.registry.ENGINES
+    model: str = Field(
+        "tiny",
+        description="Hub id, local path, a .gguf file, 'smollm2' (built in), 'tiny' / "
+        "'tiny:<seed>', or the model an openai server serves",
+    )
+    # -- transformers (the tiny engine reads device, chat_template and the batch limits) --
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str | None = None  # "cpu", "cuda", "cuda:1"; default: cuda if available
     device_map: str | None = None  # e.g. "auto" to spread a large model over GPUs
     trust_remote_code: bool = False
+    chat_template: Text | None = None
+    max_batch_size: int = Field(64, ge=1)
+    max_batch_tokens: int | None = Field(None, ge=1)
+    gguf_file: str | None = None  # a GGUF file in the directory or Hub repo `model` names
+    # -- vllm --
+    engine_args: dict[str, Any] | None = None  # keyword arguments for vllm.LLM
+    # -- openai --
+    base_url: str | list[str] | None = None  # the server's root, or a list of replicas
+    api_key_env: str | None = None  # the environment variable that holds the API key
+    max_in_flight: int | None = Field(None, ge=1)  # requests open at once (default 64)
+    timeout_s: float | None = Field(None, gt=0)  # per attempt (default 600)
+    connect_timeout_s: float | None = Field(None, gt=0)  # default 10
+    max_retries: int | None = Field(None, ge=0)  # transient failures retried (default 6)
+    backoff_initial_s: float | None = Field(None, ge=0)  # first retry's wait (default 1)
+    backoff_max_s: float | None = Field(None, ge=0)  # longest wait (default 60)
+    top_logprobs: int | None = Field(None, ge=1, le=20)  # candidates read to score (20)
+    # -- decoding: every engine --
     max_new_tokens: int = Field(128, ge=1, le=32768)
     temperature: float = Field(0.0, ge=0.0, le=5.0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # 0 = off
     repetition_penalty: float = Field(1.0, gt=0.0)
     stop: list[str] = Field(default_factory=list)
-    chat_template: Text | None = None
-    max_batch_size: int = Field(64, ge=1)
-    max_batch_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        entry = ENGINES.get(v)
+        if entry is None:
+            close = difflib.get_close_matches(v, list(ENGINES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown engine {v!r}{hint}: use one of {', '.join(ENGINES)}")
+        missing = entry.missing()
+        if missing:
+            how = f": {entry.install}" if entry.install else ""
+            raise ValueError(
+                f"the {v} engine needs {', '.join(missing)}, which is not installed{how}"
+            )
+        return v
+
+    @field_validator("*")
+    @classmethod
+    def _read_by_engine(cls, v: Any, info: ValidationInfo) -> Any:
+        """A key the chosen engine does not read is an error at that key."""
+        name = info.field_name or ""
+        entry = ENGINES.get(info.data.get("engine", ""))
+        if entry is None or name in DECODING_FIELDS or name in entry.accepts:
+            return v
+        if v is None or v == cls.model_fields[name].get_default(call_default_factory=True):
+            return v
+        readers = [e for e, en in ENGINES.items() if name in en.accepts]
+        raise ValueError(
+            f"the {info.data['engine']} engine does not read {name}"
+            + (f" (it is read by engine: {', '.join(readers)})" if readers else "")
+        )
+
+    @field_validator("base_url")
+    @classmethod
+    def _urls(cls, v: str | list[str] | None) -> str | list[str] | None:
+        from synth_disco.engines.openai.config import url_problem  # imports httpx: only here
+
+        urls = [v] if isinstance(v, str) else (v or [])
+        if v is not None and not urls:
+            raise ValueError("give at least one server URL")
+        problems = [p for u in urls if (p := url_problem(u)) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        from synth_disco.engines.openai.config import env_name_problem
+
+        if v is not None and (why := env_name_problem(v)) is not None:
+            raise ValueError(why)
+        return v
+
+    @model_validator(mode="after")
+    def _needed(self) -> ModelConfig:
+        needs = ENGINES[self.engine].needs
+        unset = sorted(k for k in needs if k not in self.model_fields_set or not getattr(self, k))
+        if unset:
+            raise ValueError(f"the {self.engine} engine needs {', '.join(unset)}")
+        return self
 
 
 class SourceSpec(Strict):

@@ -120,6 +120,24 @@ class RunStore:
     def write_run(self, info: dict[str, Any]) -> None:
         self.write_text(self.run_json, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
+    @property
+    def engines_path(self) -> Path:
+        """What each engine the run loaded reported about itself (for the dataset card)."""
+        return self.root / "engines.json"
+
+    def read_engines(self) -> list[dict[str, Any]]:
+        """The engine records of :meth:`record_engine`, oldest first."""
+        if not self.engines_path.exists():
+            return []
+        return list(json.loads(self.engines_path.read_text(encoding="utf-8")))
+
+    def record_engine(self, info: dict[str, Any]) -> None:
+        """Add one loaded engine's record (a record equal to one already kept is not added)."""
+        kept = self.read_engines()
+        if info not in kept:
+            kept.append(info)
+            self.write_text(self.engines_path, json.dumps(kept, indent=1, sort_keys=True) + "\n")
+
     def write_text(self, path: Path, text: str) -> None:
         try:
             atomic_write_text(path, text)

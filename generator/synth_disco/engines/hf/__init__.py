@@ -41,6 +41,7 @@ from synth_disco.engines.hf.load import LoadedModel, load_model, record_name
 from synth_disco.engines.hf.prefill import Prefiller
 from synth_disco.engines.hf.score import LabelScorer
 from synth_disco.engines.hf.thread_score import ThreadScorer
+from synth_disco.engines.registry import ENGINES
 
 __all__ = ["TransformersEngine", "load"]
 
@@ -52,7 +53,7 @@ class TransformersEngine:
     for benchmarks that drive the model directly.
     """
 
-    capabilities = Capabilities(score_threads=True)
+    capabilities = Capabilities(score_threads=True, seeded_sampling=True)
 
     def __init__(self, config: EngineConfig, *, model_id: str | None = None) -> None:
         """Load ``config.model`` (hub id or local path). Raises
@@ -102,12 +103,14 @@ class TransformersEngine:
         return {
             "engine": "transformers",
             "name": record_name(self.model_id),
+            "gguf_file": self.lm.gguf_file,
             "revision": self.revision,
             "commit": self.lm.commit,
             "dtype": str(self.lm.model.dtype).removeprefix("torch.") if not self._closed else None,
             "device": str(self.lm.device),
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__.split("+")[0],
+            "reproducibility": ENGINES["transformers"].reproducibility,
         }
 
     def prefix_stats(self) -> dict[str, int]:

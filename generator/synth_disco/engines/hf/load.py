@@ -6,20 +6,31 @@ chat template), and the facts the other parts of the engine need (end-of-sequenc
 ids, the context length, a sliding window, per-token cache size, CPU pass limits), read once
 from the model config. Every failure a user can fix is an
 :class:`~synth_disco.engines.base.EngineLoadError` naming the model and the fix.
+
+Where from (:func:`model_source`): a Hub id, a saved directory, a ``.gguf`` file, a directory
+or Hub repo plus ``gguf_file``, or ``smollm2`` (the built-in GGUF). GGUF files load through
+transformers' own GGUF support (the ``gguf`` package): tokenizer, chat template and
+end-of-sequence come from the file, the weights are de-quantized to float32. In which dtype:
+:mod:`~synth_disco.engines.hf.dtype`.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from synth_disco.engines import builtin
 from synth_disco.engines.base import EngineConfig, EngineLoadError
 from synth_disco.engines.common import short
+from synth_disco.engines.hf.dtype import checkpoint_dtype, choose_dtype, cpu_flags
+
+log = logging.getLogger(__name__)
 
 # CPU bounds on one prefill forward pass (see prefill.Prefiller._groups): tokens, and bytes of
 # the float32 attention mask SDPA builds for a masked prefill. Chunks this size still run at
@@ -39,6 +50,7 @@ class LoadedModel:
     tokenizer: Any  # its tokenizer: left padding, a chat template, a pad token
     device: torch.device
     commit: str | None  # the hub commit the weights came from, if known
+    gguf_file: str | None  # the GGUF file the weights came from (its name), if any
     eos_ids: list[int]
     pad_id: int
     max_context: int  # longest sequence (prompt + new tokens) the model accepts
@@ -117,16 +129,13 @@ def load_model(config: EngineConfig, name: str) -> LoadedModel:
     Raises :class:`EngineLoadError` when the model or its tokenizer cannot be loaded, has no
     chat template, or cannot be moved to the device.
     """
-    source = config.model
-    if looks_local(source):
-        path = Path(source).expanduser()
-        if not path.is_dir():
-            raise EngineLoadError(
-                f"cannot load model {source!r}: no such directory (give a hub id like "
-                "'org/name' or the path of a saved model)"
-            )
-        source = str(path)
-    common = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    source, gguf_file = model_source(config)
+    common: dict[str, Any] = {
+        "revision": config.revision,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    if gguf_file is not None:
+        common["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except Exception as exc:
@@ -142,7 +151,10 @@ def load_model(config: EngineConfig, name: str) -> LoadedModel:
             "instruct variant of the model"
         )
     tokenizer.padding_side = "left"
-    kwargs: dict[str, Any] = {**common, "dtype": parse_dtype(config.dtype)}
+    target = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    runs_on = "cuda" if config.device_map is not None and torch.cuda.is_available() else target
+    dtype = load_dtype(config, source, gguf_file, torch.device(runs_on).type, common, name)
+    kwargs: dict[str, Any] = {**common, "dtype": dtype}
     if config.device_map is not None:
         kwargs["device_map"] = config.device_map
     try:
@@ -150,7 +162,6 @@ def load_model(config: EngineConfig, name: str) -> LoadedModel:
     except Exception as exc:
         raise EngineLoadError(f"cannot load model {name!r}: {short(exc)}") from None
     if config.device_map is None:
-        target = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             lm = lm.to(target)
         except Exception as exc:
@@ -178,6 +189,7 @@ def load_model(config: EngineConfig, name: str) -> LoadedModel:
         tokenizer=tokenizer,
         device=lm.device,
         commit=getattr(lm.config, "_commit_hash", None),
+        gguf_file=gguf_file,
         eos_ids=eos_ids,
         pad_id=int(pad or 0),
         max_context=max_context(lm, tokenizer),
@@ -192,17 +204,60 @@ def load_model(config: EngineConfig, name: str) -> LoadedModel:
 # ---------------------------------------------------------------- names and settings
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
-    """A torch dtype for a recipe's dtype name ("auto" stays "auto")."""
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return dtype or "auto"
-    name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}.get(
-        dtype, dtype
-    )
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise EngineLoadError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return value
+def model_source(config: EngineConfig) -> tuple[str, str | None]:
+    """Where ``config.model`` is loaded from: (Hub id or local directory, GGUF file name).
+
+    ``smollm2`` is the built-in GGUF (downloaded on first use, see ``engines/builtin.py``); a
+    path ending in ``.gguf`` names its file; otherwise ``gguf_file`` (if set) names a GGUF
+    file in the directory or Hub repo. Raises :class:`EngineLoadError` for a missing path.
+    """
+    model, gguf_file = config.model, config.gguf_file
+    if model == builtin.NAME and gguf_file is None and not Path(model).exists():
+        path = builtin.ensure_smollm2()
+        return str(path.parent), path.name
+    if model.lower().endswith(".gguf"):
+        path = Path(model).expanduser()
+        if gguf_file is not None:
+            raise EngineLoadError(
+                f"model {model!r} is a GGUF file and gguf_file is set too: give the file once"
+            )
+        if not path.is_file():
+            raise EngineLoadError(f"cannot load model {model!r}: no such GGUF file")
+        return str(path.parent), path.name
+    if looks_local(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise EngineLoadError(
+                f"cannot load model {model!r}: no such directory (give a hub id like "
+                "'org/name', the path of a saved model or of a .gguf file)"
+            )
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            raise EngineLoadError(f"cannot load model {model!r}: it has no file {gguf_file!r}")
+        return str(path), gguf_file
+    return model, gguf_file
+
+
+def load_dtype(
+    config: EngineConfig,
+    source: str,
+    gguf_file: str | None,
+    device_type: str,
+    common: dict[str, Any],
+    name: str,
+) -> str | torch.dtype:
+    """The dtype to load with (:func:`~synth_disco.engines.hf.dtype.choose_dtype`), logging
+    why when ``auto`` does not mean the checkpoint's own. A GGUF file is de-quantized to
+    float32 anyway; other checkpoints say their dtype in their config."""
+    checkpoint = None
+    if config.dtype == "auto" and device_type == "cpu" and gguf_file is None:
+        try:
+            checkpoint = checkpoint_dtype(AutoConfig.from_pretrained(source, **common))
+        except Exception:
+            checkpoint = None  # from_pretrained below reports what is wrong
+    choice = choose_dtype(config.dtype, device_type, checkpoint, cpu_flags())
+    if choice.note:
+        log.info("model %s: %s", name, choice.note)
+    return choice.dtype
 
 
 def looks_local(model: str) -> bool:
