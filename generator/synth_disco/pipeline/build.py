@@ -131,7 +131,7 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             for module in ("transformers", "torch", "accelerate", "huggingface_hub"):
                 warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
             # Warnings raised from our calls into them carry our module's name: match on text.
-            warnings.filterwarnings("ignore", message=r".*(past_key_values|deprecated)")
+            warnings.filterwarnings("ignore", message=r".*deprecated")
             yield
     finally:
         tf_logging.set_verbosity(verbosity)

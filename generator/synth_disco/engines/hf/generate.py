@@ -139,7 +139,7 @@ class Generator:
             out = lm.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
-                past_key_values=cache,
+                cache=cache,
                 generation_config=self._generation_config(max_new_tokens, repetition_penalty),
                 logits_processor=processors,
                 stopping_criteria=criteria,

@@ -190,12 +190,12 @@ class Prefiller:
                 # Padding slots past a row's end must still be valid positions for the model.
                 positions = positions.clamp_max(lm.max_context - 1)
                 kwargs = {
-                    "past_key_values": cache,
+                    "cache": cache,
                     "attention_mask": mask.to(dev),
                     "position_ids": positions.to(dev),
                 }
             out = lm.model(input_ids=ids.to(dev), use_cache=True, **kwargs, **lm.keep_one)
-            cache = out.past_key_values
+            cache = out.cache
         if type(cache) is not DynamicCache or any(
             type(layer) is not DynamicLayer for layer in cache.layers
         ):
@@ -260,7 +260,7 @@ class Prefiller:
                 input_ids=last.to(lm.device),
                 attention_mask=mask.to(lm.device),
                 position_ids=positions.to(lm.device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 **lm.keep_one,
             )

@@ -251,7 +251,7 @@ class ThreadScorer:
                 input_ids=packed.ids.to(dev),
                 attention_mask=packed.mask.to(dev),
                 position_ids=packed.positions.to(dev),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 **kwargs,
             )
@@ -287,9 +287,9 @@ class ThreadScorer:
                     torch.stack([kv[layer][1][:, :common] for _, kv in hits]),
                     layer,
                 )
-            kwargs["past_key_values"] = past
+            kwargs["cache"] = past
         out = self.lm.model(input_ids=ids.to(dev), use_cache=True, **kwargs, **self.lm.keep_one)
-        cache = out.past_key_values
+        cache = out.cache
         if store is not None:
             for row, t in enumerate(threads):
                 store.add(t.trunk, row_kv(cache, row, 0, len(t.trunk)))
