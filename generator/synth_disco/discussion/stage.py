@@ -17,8 +17,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from synth_disco.discussion.machine import Conversation, comment_row
 from synth_disco.discussion.state import DiscussionState
-from synth_disco.engines.base import LOAD_FIELDS, ChatRequest, Engine
+from synth_disco.discussion.structure_state import StructureState
+from synth_disco.engines.base import LOAD_FIELDS, ChatRequest, Completion, Engine
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe.schema import ModelConfig
@@ -39,13 +41,20 @@ class _ShardWork:
     members: list[str]
     journal: Journal
     lock: contextlib.ExitStack
-    states: list[DiscussionState]
+    states: list[Conversation]
     open: int  # discussions not yet ended
 
 
-def replay(spec: DiscussionSpec, records: Iterable[dict]) -> DiscussionState:
+def new_state(spec: DiscussionSpec) -> Conversation:
+    """The state machine of a planned discussion: a forum thread or a deliberation structure."""
+    if spec.config["discussion"].get("structure", "forum") == "forum":
+        return DiscussionState(spec)
+    return StructureState(spec)
+
+
+def replay(spec: DiscussionSpec, records: Iterable[dict]) -> Conversation:
     """Rebuild a discussion's state from its journal records."""
-    state = DiscussionState(spec)
+    state = new_state(spec)
     for r in records:
         state.absorb(r)
     return state
@@ -90,8 +99,8 @@ class DiscussionRunner:
             todo.append(shard)
             total += len(specs)
         progress = Progress("discuss", total)
-        admit: deque[tuple[_ShardWork, DiscussionState]] = deque()
-        active: list[tuple[_ShardWork, DiscussionState]] = []
+        admit: deque[tuple[_ShardWork, Conversation]] = deque()
+        active: list[tuple[_ShardWork, Conversation]] = []
         open_work: list[_ShardWork] = []
         try:
             while True:
@@ -173,8 +182,8 @@ class DiscussionRunner:
         )
 
     def _finish_shard(self, work: _ShardWork, result: StageResult) -> None:
-        discussions = [s.discussion_row(self.factors) for s in work.states]
-        comments = [c.to_dict() for s in work.states for c in s.comments]
+        discussions = [_with_structure(s.discussion_row(self.factors)) for s in work.states]
+        comments = [comment_row(c) for s in work.states for c in s.comments]
         events = [e.to_dict() for s in work.states for e in s.events]
         failed = [
             (s.spec.discussion_id, s.error or "") for s in work.states if s.status == "failed"
@@ -211,33 +220,47 @@ class DiscussionRunner:
     # -- one engine step -------------------------------------------------------------------------
     def _step(
         self,
-        active: list[tuple[_ShardWork, DiscussionState]],
+        active: list[tuple[_ShardWork, Conversation]],
         progress: Progress,
         result: StageResult,
     ) -> None:
-        groups: dict[str, list[tuple[_ShardWork, DiscussionState, ChatRequest]]] = defaultdict(list)
+        """Every request of every active discussion, one engine call per model; then each
+        discussion gets its answers (in the order it asked) and the journals are synced."""
+        groups: dict[str, list[tuple[int, int, ChatRequest]]] = defaultdict(list)
         configs: dict[str, ModelConfig] = {}
-        for work, state in active:
-            request = state.next_request()
-            if request is None:  # nothing left to say: the state ends itself on apply
+        answers: dict[int, list[Completion | None]] = {}
+        for i, (_, state) in enumerate(active):
+            asks = state.next_requests()
+            if not asks:  # nothing left to ask: the state ends itself on apply
                 continue
-            cfg = state.model_config_for_next()
-            key = cfg.model_dump_json(include=LOAD_FIELDS)
-            configs[key] = cfg
-            groups[key].append((work, state, request))
-        touched: dict[int, Journal] = {}
+            answers[i] = [None] * len(asks)
+            for j, ask in enumerate(asks):
+                key = ask.model.model_dump_json(include=LOAD_FIELDS)
+                configs[key] = ask.model
+                groups[key].append((i, j, ask.request))
         for key, items in groups.items():
             engine = self.engine_for(configs[key])
             completions = engine.generate([r for _, _, r in items])
             result.engine_calls += 1
-            for (work, state, _), completion in zip(items, completions, strict=True):
-                for record in state.apply(completion):
-                    work.journal.append(record)
-                    if record["t"] == "comment":
-                        progress.items += 1
-                        result.tokens += completion.completion_tokens
-                progress.tokens += completion.completion_tokens
-                touched[work.shard] = work.journal
+            for (i, j, _), completion in zip(items, completions, strict=True):
+                answers[i][j] = completion
+        touched: dict[int, Journal] = {}
+        for i, got in answers.items():
+            work, state = active[i]
+            completions = [c for c in got if c is not None]
+            for record in state.apply_all(completions):
+                work.journal.append(record)
+                if record["t"] == "comment":
+                    progress.items += 1
+                    result.tokens += record["completion_tokens"]
+            progress.tokens += sum(c.completion_tokens for c in completions)
+            touched[work.shard] = work.journal
         for journal in touched.values():
             journal.sync()
         crash_point("discuss.step")
+
+
+def _with_structure(row: dict) -> dict:
+    """A discussions row with its ``structure`` (a forum thread's row does not name it)."""
+    row.setdefault("structure", "forum")
+    return row
