@@ -44,6 +44,7 @@ from synth_disco.discussion.structures import (
     Shown,
     Structure,
     has_combiner,
+    order_seed,
     writes_instructions,
 )
 from synth_disco.engines.base import ChatRequest, Completion
@@ -88,7 +89,8 @@ class StructureState:
         mod = self.combiner
         self.moderator_model_name = (mod.model if mod and mod.model else None) or self.model_name
         self.agents = list(spec.participants)
-        self.structure = Structure(self.cfg, len(self.agents), spec.seed)
+        seed = order_seed(int(spec.config.get("seed", 0)), spec.replicate)
+        self.structure = Structure(self.cfg, len(self.agents), seed)
         self._templates = templates_for_structure(self.cfg)
         self.task = render_task(self._templates["task"], spec.post)
         combiner_task = self._templates.get("combiner_task")

@@ -17,9 +17,12 @@ answers the task once; what it is shown of the responses written so far is the s
 
 Then ``last_n`` keeps the last n of what an agent would see (all when unset). What is shown is
 ordered by cycle, then by position in the cycle. ``shuffle`` draws the agents' order anew for
-each cycle from the discussion seed and the cycle (``rng(seed, "shuffle", cycle)``), so the
-order is the same after a resume and on any machine; it is recorded per response (``position``)
-and per discussion (``orders``). A graph's order is given by its edges, so it is not shuffled.
+each cycle, seeded by the recipe seed, the replicate and the cycle (``order_seed``), so the
+order is the same after a resume and on any machine, and the same in every cell of a
+replicate: like the people and the task, it is matched across the conditions compared (a
+chain and an ensemble of one replicate hear the same agents in the same order). It is
+recorded per response (``position``) and per discussion (``orders``). A graph's order is
+given by its edges, so it is not shuffled.
 
 A combiner moderator, if any, answers after the last cycle and sees every response of the last
 cycle, in position order (``last_n`` does not apply to it).
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 
 from synth_disco.recipe.graph import in_neighbours, kahn_levels, kahn_order, resolve_edges
 from synth_disco.recipe.schema import AUTO_INSTRUCTIONS, DiscussionConfig, Range
-from synth_disco.seeds import rng
+from synth_disco.seeds import derive_seed, rng
 
 DEBATE_OWN = "You"
 DEBATE_OTHER = "The other debater"
@@ -80,11 +83,17 @@ class Shown:
         }
 
 
+def order_seed(recipe_seed: int, replicate: int) -> int:
+    """The seed of the agents' order in the discussions of one replicate (all its cells)."""
+    return derive_seed(recipe_seed, "order", replicate)
+
+
 class Structure:
     """The fixed shape of one structured discussion: its agents' order in each cycle, who is
     ready to answer, and what each is shown. It holds no responses (the state does)."""
 
     def __init__(self, cfg: DiscussionConfig, n_agents: int, seed: int):
+        """``seed``: where the agents' order is drawn from (``order_seed``)."""
         self.kind = cfg.structure
         assert self.kind != "forum", "a forum is a DiscussionState, not a Structure"
         self.n = n_agents
@@ -280,7 +289,8 @@ def diagram(cfg: DiscussionConfig) -> str:
     if kind == "ensemble":
         lines += [f"  task --> {a}" for a in ids]
     elif kind in ("chain", "debate"):
-        lines.append("  task --> " + " --> ".join(ids))
+        shuffled = "|order drawn per cycle| " if cfg.shuffle else ""
+        lines.append(f"  task -->{shuffled}" + " --> ".join(ids))
         if kind == "debate" or cfg.cycles > 1:
             lines.append(f"  {ids[-1]} -. next cycle .-> {ids[0]}")
     else:
