@@ -274,7 +274,12 @@ def check_cells(
         for kp, msg in references(cfg, pool_sizes.get):
             _add_cell(ck, recipe, levels, kp, msg)
         for kp, msg in structure_problems(cell.discussion):
-            _add_cell(ck, recipe, levels, kp, msg, also=("discussion", "structure"))
+            # A value that is fine for one structure and wrong for another (participants, the
+            # moderator's role) is blamed on the level that chose the structure; a value wrong
+            # in itself (an edge, a template) where it is written.
+            fits = kp[:2] != ("discussion", "graph") and kp[-1] not in ("combination", "task")
+            also: KeyPath | None = ("discussion", "structure") if fits else None
+            _add_cell(ck, recipe, levels, kp, msg, also=also)
 
 
 def _add_cell(

@@ -226,11 +226,18 @@ class _Parser:
         # Bare words up to the next keyword or bracket (a list item: up to `,` or `]`).
         start = t.at
         end = t.at + len(t.text)
+        last = t
         while self.tok.kind == "word" and (
             self.tok is t or self.tok.text.lower() not in ("and", "or")
         ):
-            end = self.tok.at + len(self.tok.text)
+            last = self.tok
+            end = last.at + len(last.text)
             self._take()
+        if self.tok.kind == "op" and last is not t:
+            # `a == x b == y`: the words ran into the next comparison.
+            raise FilterError(
+                f"expected `and`, `or` or the end at character {last.at + 1}, found {last.text!r}"
+            )
         text = self.expr[start:end]
         try:
             value = yaml.safe_load(text)
