@@ -251,7 +251,9 @@ def main() -> None:
     print()
     per_b = calls_b / max(n_b, 1)
     per_a = calls_a / max(n_a, 1)
-    print(f"engine calls per response: {per_b:.4f} vs {per_a:.0f} ({ratio(per_a, per_b):.0f}x fewer)")
+    print(
+        f"engine calls per response: {per_b:.4f} vs {per_a:.0f} ({ratio(per_a, per_b):.0f}x fewer)"
+    )
     print(f"speed-up (responses/s, batched / one call per response): {ratio(b_rate, a_rate):.1f}x")
     print(f"every response exactly {w.new_tokens} tokens: {'yes' if forced else 'NO'}")
     print(f"identical texts (greedy): {same}/{len(alone)} ensembles")

@@ -101,9 +101,18 @@ def test_card_describes_each_structure_and_show_prints_one(reference):
     assert "Prompt template `auto_instructions`" in card
     discussion = next(d for d in rows(reference, "discussions") if d["structure"] == "debate")
     shown = subprocess.run(
-        [sys.executable, "-m", "synth_disco", "show", str(reference), "--discussion",
-         discussion["discussion_id"]],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "synth_disco",
+            "show",
+            str(reference),
+            "--discussion",
+            discussion["discussion_id"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout

@@ -12,7 +12,6 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from fakes import FakeEngine, make_spec
@@ -66,7 +65,9 @@ def structure_spec(
         **spec.config,
         "seed": recipe_seed,
         # Sampled, so that the responses of one discussion differ from each other.
-        "models": {"m": {"engine": "tiny", "model": "tiny", "max_new_tokens": 12, "temperature": 1.0}},
+        "models": {
+            "m": {"engine": "tiny", "model": "tiny", "max_new_tokens": 12, "temperature": 1.0}
+        },
     }
     return dataclasses.replace(spec, config=config, replicate=replicate)
 
@@ -230,7 +231,12 @@ def test_shuffle_is_seeded_matched_and_recorded(tmp_path, tiny):
 
 
 def test_auto_instructions_written_once_retried_when_empty_and_reused_after_resume(tmp_path):
-    mod = {"name": "Chair", "role": "combiner", "instructions": "auto", "task": "Judge: {{ post.text }}"}
+    mod = {
+        "name": "Chair",
+        "role": "combiner",
+        "instructions": "auto",
+        "task": "Judge: {{ post.text }}",
+    }
     specs = [
         structure_spec("ensemble", n=3, cycles=2, moderator=mod, discussion_id=f"e{i}-r00000")
         for i in range(3)
@@ -267,11 +273,16 @@ def test_auto_instructions_written_once_retried_when_empty_and_reused_after_resu
     # The instructions prompt carries the moderator's own task, not the agents'.
     prompt = first.requests["e0-r00000/instructions/0.0"].messages[-1]["content"]
     assert "Judge: Should cities ban cars" in prompt
-    rows = {d["discussion_id"]: d for d in store.read_shard("discuss", 0, "discussions").to_pylist()}
+    rows = {
+        d["discussion_id"]: d for d in store.read_shard("discuss", 0, "discussions").to_pylist()
+    }
     for spec in specs:
         did = spec.discussion_id
         text = rows[did]["moderator_instructions"]
-        assert text == f"Weigh every answer, seed {seeds[[a for a in asked if a.startswith(did)][-1]]}."
+        assert (
+            text
+            == f"Weigh every answer, seed {seeds[[a for a in asked if a.startswith(did)][-1]]}."
+        )
         final = second.requests[f"{did}/final/0.0"]
         assert text in final.messages[0]["content"]  # the combiner follows them
         assert "Judge: Should cities ban cars" in final.messages[1]["content"]
@@ -281,7 +292,9 @@ def test_auto_instructions_written_once_retried_when_empty_and_reused_after_resu
 
 def test_a_structure_step_batches_many_discussions(tmp_path):
     specs = [structure_spec("chain", n=3, cycles=1, discussion_id=f"c{i}-r00000") for i in range(5)]
-    specs += [structure_spec("ensemble", n=3, cycles=1, discussion_id=f"e{i}-r00000") for i in range(5)]
+    specs += [
+        structure_spec("ensemble", n=3, cycles=1, discussion_id=f"e{i}-r00000") for i in range(5)
+    ]
     engine = Recording(FakeEngine())
     DiscussionRunner(RunStore(tmp_path), lambda s: specs, lambda cfg: engine, []).run([0])
     # Step 1: 5 chains x 1 agent + 5 ensembles x 3 agents; then the chains' next agents.
@@ -418,3 +431,40 @@ def test_a_debate_level_is_blamed_for_the_base_participants(tmp_path):
     assert len(problems) == 1, result.stderr  # the chain level with 3 participants is fine
     assert want in problems[0] and " discussion.participants:" in problems[0]
     assert "exactly two participants" in problems[0] and "'form' is 'debate'" in problems[0]
+
+
+def test_structure_template_checks_know_every_variable_the_prompts_pass(tmp_path):
+    """Templates naming every variable of the validation's sample context render in a run
+    (the checker and the structures' prompt builders agree on the names)."""
+    from synth_disco.recipe.templates import sample_context
+
+    def naming_all(kind: str, *shown: str) -> str:
+        tests = " ".join("{{ " + name + " is defined }}" for name in sample_context(kind))
+        return " ".join([tests, *("{{ " + s + " }}" for s in shown)])
+
+    templates = {
+        "agent_system": naming_all("agent_system"),
+        "agent_turn": naming_all("agent_turn", "previous", "task"),
+        "combiner_system": naming_all("combiner_system"),
+        "combiner_turn": naming_all("combiner_turn", "combined", "task"),
+        "auto_instructions": naming_all("auto_instructions", "task"),
+    }
+    mod = {
+        "role": "combiner",
+        "instructions": "auto",
+        "task": naming_all("task"),
+        "combination": naming_all("combination"),
+    }
+    spec = structure_spec(
+        "chain",
+        n=2,
+        cycles=2,
+        task=naming_all("task"),
+        combination=naming_all("combination"),
+        templates=templates,
+        moderator=mod,
+    )
+    _, _, engine = run(tmp_path, [spec], FakeEngine())
+    texts = [m["content"] for r in engine.requests.values() for m in r.messages]
+    assert len(engine.requests) == 2 * 2 + 2  # agents, the instructions, the final response
+    assert texts and all(set(t.split()) == {"True"} for t in texts), texts

@@ -35,9 +35,9 @@ from typing import Any
 
 from synth_disco.discussion.prompts import builtin_template, render
 from synth_disco.discussion.structures import Shown, has_combiner, writes_instructions
-from synth_disco.records import Post
 from synth_disco.recipe.schema import DiscussionConfig
 from synth_disco.recipe.templates import combination_presets, is_preset_name
+from synth_disco.records import Post
 
 # Template name -> its built-in file.
 BUILTIN = {
@@ -94,9 +94,9 @@ def templates_for_structure(cfg: DiscussionConfig) -> dict[str, str]:
         out["combiner_turn"] = _text(custom.combiner_turn) or builtin_template(
             BUILTIN["combiner_turn"]
         )
-        out["combiner_combination"] = combination_source(
-            mod.combination, default_combination(cfg)
-        )[1]
+        out["combiner_combination"] = combination_source(mod.combination, default_combination(cfg))[
+            1
+        ]
         if writes_instructions(cfg):
             out["auto_instructions"] = _text(custom.auto_instructions) or builtin_template(
                 BUILTIN["auto_instructions"]
@@ -107,13 +107,14 @@ def templates_for_structure(cfg: DiscussionConfig) -> dict[str, str]:
 def card_names(cfg: DiscussionConfig) -> dict[str, str]:
     """Template name -> the name the card shows it under (presets by their preset name)."""
     names = {k: k for k in templates_for_structure(cfg)}
-    names["combination"] = "agents' " + combination_source(
-        cfg.combination, default_combination(cfg)
-    )[0]
+    names["combination"] = (
+        "agents' " + combination_source(cfg.combination, default_combination(cfg))[0]
+    )
     if "combiner_combination" in names and cfg.moderator is not None:
-        names["combiner_combination"] = "combiner's " + combination_source(
-            cfg.moderator.combination, default_combination(cfg)
-        )[0]
+        names["combiner_combination"] = (
+            "combiner's "
+            + combination_source(cfg.moderator.combination, default_combination(cfg))[0]
+        )
     return names
 
 

@@ -258,7 +258,11 @@ def describe(cfg: DiscussionConfig) -> str:
             "only (Kahn order, one level at a time)."
         )
     text += f" The structure runs {cfg.cycles} cycle{'s' if cfg.cycles != 1 else ''}"
-    text += "; the agents' order is shuffled in each cycle (seeded)." if cfg.shuffle and kind != "graph" else "."
+    text += (
+        "; the agents' order is shuffled in each cycle (seeded)."
+        if cfg.shuffle and kind != "graph"
+        else "."
+    )
     if cfg.last_n is not None:
         text += f" Each agent sees at most the last {cfg.last_n} of those answers."
     if has_combiner(cfg):

@@ -24,8 +24,8 @@ from synth_disco.recipe.factorial import (
     n_full_factorial,
     select_cells,
 )
-from synth_disco.recipe.overrides import KeyPath, apply_patches, dotted, overlaps, parse_key
 from synth_disco.recipe.graph import find_cycle, resolve_edges
+from synth_disco.recipe.overrides import KeyPath, apply_patches, dotted, overlaps, parse_key
 from synth_disco.recipe.schema import (
     AUTO_INSTRUCTIONS,
     DEFAULT_VARIANT,
@@ -345,9 +345,7 @@ def structure_problems(d: DiscussionConfig) -> list[tuple[KeyPath, str]]:
     p = d.participants
     if d.structure == "debate" and p != 2:
         got = f"{p.min} to {p.max}" if isinstance(p, Range) else str(p)
-        out.append(
-            ((*disc, "participants"), f"a debate has exactly two participants, not {got}")
-        )
+        out.append(((*disc, "participants"), f"a debate has exactly two participants, not {got}"))
     if d.structure == "graph":
         out += _graph_problems(d)
     env = template_environment()

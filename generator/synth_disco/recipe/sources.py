@@ -20,7 +20,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,7 @@ def source_files(spec: SourceSpec, base_dir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------
 # Filtering and sampling
+
 
 def select_indices(
     n_rows: int, column: ColumnGetter, spec: SourceSpec, *, seed: int, pool: str
@@ -613,7 +614,9 @@ def load_personas(spec: SourceSpec, base_dir: Path, *, seed: int, pool: str) -> 
 def load_posts(spec: SourceSpec, base_dir: Path, *, seed: int, pool: str = "posts") -> list[Post]:
     """The posts (OPs or seed threads) discussions start from."""
     if spec.persona_template:
-        raise SourceError("persona_template applies to persona pools, not posts", "persona_template")
+        raise SourceError(
+            "persona_template applies to persona pools, not posts", "persona_template"
+        )
     posts = [to_post(r, spec) for r in read_records(spec, base_dir, seed=seed, pool=pool)]
     _check_unique([p.id for p in posts], "posts")
     return posts
