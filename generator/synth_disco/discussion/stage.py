@@ -2,8 +2,12 @@
 
 Discussions are admitted in plan order, up to ``max_concurrent`` at a time and across shard
 boundaries (so the batch does not drain at the end of each shard). Each step gathers the
-pending request of every active discussion, sends them to the engine together (one call per
-model), applies the answers, appends them to the shard journals and syncs the journals once.
+pending requests of every active discussion (``machine.py``: one for a forum thread; for a
+deliberation structure every ready agent, e.g. a whole ensemble cycle or a graph level), sends
+them to the engine together (one call per model), gives each discussion its answers, appends
+the records to the shard journals and syncs the journals once. A crash in a step leaves each
+journal a prefix of what the step wrote, which replays to a state the next step continues
+from.
 A shard is finalised (parquet files + done marker) as soon as its last discussion ends.
 Shards follow the protocol of :mod:`synth_disco.store.shards` (skip, claim, replay, finish).
 """
