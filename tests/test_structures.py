@@ -468,3 +468,17 @@ def test_structure_template_checks_know_every_variable_the_prompts_pass(tmp_path
     texts = [m["content"] for r in engine.requests.values() for m in r.messages]
     assert len(engine.requests) == 2 * 2 + 2  # agents, the instructions, the final response
     assert texts and all(set(t.split()) == {"True"} for t in texts), texts
+
+
+def test_plan_counts_the_calls_structures_make():
+    from synth_disco.design.plan import plan
+    from synth_disco.recipe.load import load_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "deliberation.yaml"
+    summary = plan(load_recipe(recipe)).summary()
+    # Per replicate: ensemble, chain and graph 3 agents x 2 cycles, debate 2 x 2.
+    assert summary.turns == 3 * (6 + 6 + 4 + 6)
+    assert summary.moderator_calls == 12 * 2  # each combiner: `auto` instructions + final
+    # Annotated: every response and every final response, one annotator, one dimension
+    # (the instructions are not a comment).
+    assert summary.annotation_calls == 66 + 12
