@@ -89,3 +89,21 @@ def test_vs_syndisco_shows_both_annotators_the_same_comments(tmp_path: Path) -> 
     ).stdout.split()
     thread, window, turns = map(int, out)
     assert thread == turns + 1 and window == 3
+
+
+def test_structures_benchmark_counts_calls_and_matches_texts(tmp_path: Path) -> None:
+    out = run_script(
+        "structures.py",
+        ["--discussions", "4", "--agents", "3", "--cycles", "2", "--new-tokens", "4"],
+        tmp_path,
+    )
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == [
+        "synth-disco (DiscussionRunner, batched)",
+        "one engine call per response (same engine)",
+    ]
+    assert [r[2] for r in rows] == ["24", "24"]  # 4 ensembles x 3 agents x 2 cycles
+    assert [r[3] for r in rows] == ["2", "24"]  # a cycle of every ensemble per engine call
+    assert "every response exactly 4 tokens: yes" in out
+    assert "identical texts (greedy): 4/4 ensembles" in out
+    assert "engine calls per response: 0.0833 vs 1 (12x fewer)" in out

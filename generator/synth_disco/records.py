@@ -121,6 +121,25 @@ class Comment:
 
 
 @dataclass(frozen=True)
+class Response(Comment):
+    """A comment of a deliberation structure: where it stands and what its author was shown.
+
+    ``cycle`` is 1-based and ``position`` the 0-based place of its author in that cycle's
+    order (both None for the combiner's final response); ``parent_ids`` are the comments the
+    author was shown (the task when it was shown no response). ``parent_id`` is the last of
+    them."""
+
+    cycle: int | None = None
+    position: int | None = None
+    parent_ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        row = dict(vars(self))
+        row["parent_ids"] = list(self.parent_ids)
+        return row
+
+
+@dataclass(frozen=True)
 class Event:
     """Something that happened in a discussion but is not a comment (e.g. moderator passed)."""
 

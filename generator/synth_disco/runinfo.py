@@ -182,6 +182,8 @@ def render_thread(run_dir: Path, discussion_id: str, width: int | None = None) -
     if not rows:
         raise KeyError(f"no discussion {discussion_id!r} in {run_dir}")
     width = width or max(shutil.get_terminal_size((100, 24)).columns, 40)
+    if any(r.get("cycle") is not None for r in rows):
+        return render_structure(rows, _discussion_of(store, discussion_id), width)
     labels = _labels_of(store, discussion_id)
     lines = []
     children: dict[str | None, list[dict]] = {}
@@ -308,3 +310,72 @@ def _flag_rates(store: RunStore) -> dict[str, float]:
             for flag in row["flags"] or ():
                 counts[flag] = counts.get(flag, 0) + 1
     return {f: counts[f] / total for f in sorted(counts)} if total else {}
+
+
+# -- deliberation structures (issue 14) ------------------------------------------------------
+
+
+def _discussion_of(store: RunStore, discussion_id: str) -> dict:
+    """The discussions row of a finished discussion; while it runs, what its journal says."""
+    for path in store.shard_files("discuss", "discussions"):
+        table = pq.read_table(path, filters=[("discussion_id", "=", discussion_id)])
+        if table.num_rows:
+            return table.to_pylist()[0]
+    journal_dir = store.root / "journal" / "discuss"
+    for path in sorted(journal_dir.glob("*.jsonl")) if journal_dir.exists() else []:
+        for r in store.read_journal("discuss", int(path.stem.split("-")[1])):
+            if r["t"] == "instructions" and r["d"] == discussion_id:
+                return {"moderator_instructions": r["text"], "status": "running"}
+    return {"status": "running"}
+
+
+def render_structure(rows: list[dict], info: dict, width: int) -> str:
+    """A structured discussion: the task, each cycle's responses in order with what their
+    authors were shown, the combiner's instructions and the final response."""
+    rows = sorted(rows, key=lambda r: r["index"])
+    index_of = {r["comment_id"]: r["index"] for r in rows}
+    lines: list[str] = []
+
+    def text(t: str | None, pad: str = "    ") -> None:
+        wrap = textwrap.TextWrapper(
+            width=max(width - len(pad), 20),
+            initial_indent=pad,
+            subsequent_indent=pad,
+            replace_whitespace=False,
+        )
+        for line in (t or "").splitlines() or [""]:
+            lines.extend(wrap.wrap(line) or [pad])
+
+    def saw(r: dict) -> str:
+        ids = r.get("parent_ids") or []
+        if not ids or ids == [rows[0]["comment_id"]]:
+            return "the task"
+        return " ".join(f"[{index_of.get(i, '?')}]" for i in ids)
+
+    structure = info.get("structure") or "structure"
+    cycles = max((r["cycle"] for r in rows if r.get("cycle") is not None), default=0)
+    head = f"{structure}, {cycles} cycle{'s' if cycles != 1 else ''}"
+    if info.get("status"):
+        head += f", {info['status']}"
+    lines += [head, "", f"[0] task ({rows[0]['author']})"]
+    text(rows[0]["text"])
+    lines.append("")
+    for cycle in range(1, cycles + 1):
+        lines.append(f"cycle {cycle}")
+        mine = sorted(
+            (r for r in rows if r.get("cycle") == cycle), key=lambda r: (r["position"], r["index"])
+        )
+        for r in mine:
+            lines.append(f"  [{r['index']}] #{r['position'] + 1} {r['author']}  saw: {saw(r)}")
+            text(r["text"], "      ")
+        lines.append("")
+    if info.get("moderator_instructions"):
+        lines.append("moderator instructions")
+        text(info["moderator_instructions"])
+        lines.append("")
+    for r in rows:
+        if r.get("cycle") is None and r["role"] == "moderator":
+            lines.append(f"[{r['index']}] final response by {r['author']}  saw: {saw(r)}")
+            text(r["text"])
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -37,8 +37,11 @@ from synth_disco.dataset.manifest import (
 from synth_disco.dataset.portable import portable_model_id, portable_recipe
 from synth_disco.dataset.readme import card_text, merge_readme
 from synth_disco.discussion.prompts import templates_used as discussion_templates
+from synth_disco.discussion.structures import describe as describe_structure
+from synth_disco.discussion.structures import diagram as structure_diagram
+from synth_disco.recipe.factorial import cell_discussions
 from synth_disco.recipe.overrides import sets_under
-from synth_disco.recipe.schema import FileRef, Recipe, SourceSpec
+from synth_disco.recipe.schema import AUTO_INSTRUCTIONS, FileRef, Recipe, SourceSpec
 from synth_disco.store.files import atomic_write_text
 
 TEMPLATE = "dataset_card.md.j2"
@@ -85,6 +88,14 @@ COLUMN_DOCS = {
     "n_comments": "number of comments in the discussion",
     "prompt_tokens": "prompt tokens",
     "completion_tokens": "generated tokens",
+    "structure": "forum, or the deliberation structure: ensemble, chain, debate or graph",
+    "task": "the task the agents answered (structures)",
+    "orders": "per cycle, the agents' slots (0-based, participants order) in answer order",
+    "final_response": "the combiner's final response (structures with a combiner)",
+    "moderator_instructions": "the combiner's instructions (written by the model when `auto`)",
+    "cycle": "cycle of a structure's response (1-based; null in forum threads)",
+    "position": "0-based place of the response's author in its cycle's order",
+    "parent_ids": "the comments its author was shown (the task when none)",
     "comment_id": "comment id (join key)",
     "parent_id": "comment this one replies to",
     "author": "display name of the speaker",
@@ -318,15 +329,31 @@ def _instructions(recipe: Recipe) -> list[dict[str, str]]:
     if d.moderator is not None:
         m = d.moderator
         persona = m.persona if isinstance(m.persona, str) else json.dumps(m.persona)
-        blocks.append(
-            {
-                "title": f"Moderator `{m.name}`",
-                "note": f"Policy `{m.policy}`"
-                + (f" (every {m.k} comments)" if m.policy == "every_k" else "")
-                + (f"; persona: {persona}" if persona else ""),
-                "text": _text(m.instructions),
-            }
-        )
+        if m.role == "combiner":
+            auto = m.instructions == AUTO_INSTRUCTIONS
+            note = "Combiner: writes each structure's final response from its last cycle" + (
+                "; its instructions were written by the model from the task, once per "
+                "discussion (column `moderator_instructions`)"
+                if auto
+                else ""
+            )
+            blocks.append(
+                {
+                    "title": f"Moderator `{m.name}` (combiner)",
+                    "note": note + (f"; persona: {persona}" if persona else ""),
+                    "text": "" if auto else _text(m.instructions),
+                }
+            )
+        else:
+            blocks.append(
+                {
+                    "title": f"Moderator `{m.name}`",
+                    "note": f"Policy `{m.policy}`"
+                    + (f" (every {m.k} comments)" if m.policy == "every_k" else "")
+                    + (f"; persona: {persona}" if persona else ""),
+                    "text": _text(m.instructions),
+                }
+            )
     elif any(
         sets_under(p, ("discussion", "moderator"))
         for levels in recipe.factors.values()
@@ -407,6 +434,24 @@ def _dtype(m: Mapping[str, Any]) -> str:
     if not loaded or loaded == [m["dtype"]]:
         return m["dtype"]
     return f"{m['dtype']} (loaded {', '.join(loaded)})"
+
+
+def _structures(recipe: Recipe) -> list[dict[str, str]]:
+    """Each deliberation structure the design's cells use: its name, what it does in words,
+    and its graph as a Mermaid flowchart (forum threads are described by the rest of the
+    card)."""
+    out = []
+    for cfg in cell_discussions(recipe):
+        if cfg.structure == "forum":
+            continue
+        out.append(
+            {
+                "name": cfg.structure,
+                "description": describe_structure(cfg),
+                "diagram": structure_diagram(cfg),
+            }
+        )
+    return out
 
 
 def _generation(g: Mapping[str, Any]) -> str:
@@ -550,6 +595,7 @@ def card_context(
             if text
         ],
         "instructions": _instructions(recipe),
+        "structures": _structures(recipe),
         "templates": [{"name": n, "text": t} for n, t in prompt_templates(recipe)],
         "variants": [
             {"name": k, "share": v.share, "instructions": _text(v.instructions)}

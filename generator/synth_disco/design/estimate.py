@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from synth_disco.discussion.moderation import planned_calls
+from synth_disco.discussion.structures import agent_count, has_combiner
+from synth_disco.discussion.structures import planned_calls as structure_calls
 from synth_disco.recipe.schema import Recipe
 
 
@@ -18,7 +20,7 @@ from synth_disco.recipe.schema import Recipe
 class Work:
     """The work of one discussion of a cell: exact when no reply is retried, else a bound."""
 
-    turns: int  # participant turns
+    turns: int  # participant turns (a structure: agent responses, all cycles)
     moderator_calls: int  # on top of the turns (an on_demand moderator: each time it is asked)
     annotation_calls: int  # upper bound (moderator comments an on_demand moderator may skip)
     calls_with_retries: int  # upper bound if every call were retried as often as allowed
@@ -29,15 +31,23 @@ def discussion_work(recipe: Recipe, seeds_per_post: int, pool_size: Callable[[st
     """The work of one discussion run with ``recipe`` (a cell's). ``seeds_per_post``: the most
     comments a post starts with; ``pool_size(pool)``: the size of a persona pool."""
     d = recipe.discussion
-    calls = planned_calls(d)
-    turns, n_mod = calls.turns, calls.moderator
+    mod_comments = None  # moderator calls that become comments (all of them in a forum)
+    if d.structure == "forum":
+        calls = planned_calls(d)
+        turns, n_mod = calls.turns, calls.moderator
+    else:
+        # A structure: every agent once per cycle; a combiner's final response, and the call
+        # that writes its `auto` instructions (not a comment).
+        turns, n_mod = structure_calls(d, agent_count(d))
+        mod_comments = 1 if has_combiner(d) else 0
     main = recipe.model_for(d.model)
     m = d.moderator
     mod_model = recipe.model_for(m.model or d.model) if m is not None else main
     n_ann = ann_tokens = 0
     a = recipe.annotation
     if a is not None:
-        comments = turns + (n_mod if a.include_moderator else 0)
+        moderator_comments = n_mod if mod_comments is None else mod_comments
+        comments = turns + (moderator_comments if a.include_moderator else 0)
         comments += seeds_per_post if a.include_seed else 0
         per = a.annotators.per_comment
         if per == "all":

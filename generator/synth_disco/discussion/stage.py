@@ -2,8 +2,12 @@
 
 Discussions are admitted in plan order, up to ``max_concurrent`` at a time and across shard
 boundaries (so the batch does not drain at the end of each shard). Each step gathers the
-pending request of every active discussion, sends them to the engine together (one call per
-model), applies the answers, appends them to the shard journals and syncs the journals once.
+pending requests of every active discussion (``machine.py``: one for a forum thread; for a
+deliberation structure every ready agent, e.g. a whole ensemble cycle or a graph level), sends
+them to the engine together (one call per model), gives each discussion its answers, appends
+the records to the shard journals and syncs the journals once. A crash in a step leaves each
+journal a prefix of what the step wrote, which replays to a state the next step continues
+from.
 A shard is finalised (parquet files + done marker) as soon as its last discussion ends.
 Shards follow the protocol of :mod:`synth_disco.store.shards` (skip, claim, replay, finish).
 """
@@ -18,9 +22,12 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from synth_disco.discussion.machine import Conversation, comment_row
 from synth_disco.discussion.moderation import planned_calls
 from synth_disco.discussion.state import DiscussionState
-from synth_disco.engines.base import LOAD_FIELDS, ChatRequest, Engine
+from synth_disco.discussion.structure_state import StructureState
+from synth_disco.discussion.structures import planned_calls as structure_calls
+from synth_disco.engines.base import LOAD_FIELDS, ChatRequest, Completion, Engine
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe.schema import DiscussionConfig, ModelConfig
@@ -41,7 +48,7 @@ class _ShardWork:
     members: list[str]
     journal: Journal
     lock: contextlib.ExitStack
-    states: list[DiscussionState]
+    states: list[Conversation]
     open: int  # discussions not yet ended
 
 
@@ -50,18 +57,22 @@ def _planned_calls(spec: DiscussionSpec, memo: dict[str, int]) -> int:
     each distinct discussion config out once, as cells share theirs."""
     key = json.dumps(spec.config["discussion"], sort_keys=True, default=str)
     if key not in memo:
-        calls = planned_calls(DiscussionConfig.model_validate(spec.config["discussion"]))
-        memo[key] = calls.turns + calls.moderator
+        cfg = DiscussionConfig.model_validate(spec.config["discussion"])
+        if cfg.structure == "forum":
+            calls = planned_calls(cfg)
+            memo[key] = calls.turns + calls.moderator
+        else:
+            memo[key] = sum(structure_calls(cfg, len(spec.participants)))
     return memo[key]
 
 
-def _calls_made(state: DiscussionState) -> int:
+def _calls_made(state: Conversation) -> int:
     """Calls a (replayed) discussion has already made: its generated comments and events."""
-    generated = sum(c.role in ("user", "moderator") for c in state.comments)
-    return generated + len(state.events)
+    generated = sum(c.role in ("user", "moderator") for c in getattr(state, "comments", ()))
+    return generated + len(getattr(state, "events", ()))
 
 
-def _ended(state: DiscussionState, progress: Progress, memo: dict[str, int]) -> None:
+def _ended(state: Conversation, progress: Progress, memo: dict[str, int]) -> None:
     """Count a finished discussion; calls it planned but never made (it failed, or a
     moderator passed its turn) are taken off what is left, so the ETA stays honest."""
     progress.units_done += 1
@@ -70,9 +81,16 @@ def _ended(state: DiscussionState, progress: Progress, memo: dict[str, int]) -> 
     progress.skip(max(_planned_calls(state.spec, memo) - _calls_made(state), 0))
 
 
-def replay(spec: DiscussionSpec, records: Iterable[dict]) -> DiscussionState:
+def new_state(spec: DiscussionSpec) -> Conversation:
+    """The state machine of a planned discussion: a forum thread or a deliberation structure."""
+    if spec.config["discussion"].get("structure", "forum") == "forum":
+        return DiscussionState(spec)
+    return StructureState(spec)
+
+
+def replay(spec: DiscussionSpec, records: Iterable[dict]) -> Conversation:
     """Rebuild a discussion's state from its journal records."""
-    state = DiscussionState(spec)
+    state = new_state(spec)
     for r in records:
         state.absorb(r)
     return state
@@ -129,8 +147,8 @@ class DiscussionRunner:
             )
         progress = self.progress or Progress("discuss", 0, unit="calls")
         progress.total = calls
-        admit: deque[tuple[_ShardWork, DiscussionState]] = deque()
-        active: list[tuple[_ShardWork, DiscussionState]] = []
+        admit: deque[tuple[_ShardWork, Conversation]] = deque()
+        active: list[tuple[_ShardWork, Conversation]] = []
         open_work: list[_ShardWork] = []
         try:
             while True:
@@ -210,8 +228,8 @@ class DiscussionRunner:
         )
 
     def _finish_shard(self, work: _ShardWork, result: StageResult) -> None:
-        discussions = [s.discussion_row(self.factors) for s in work.states]
-        comments = [c.to_dict() for s in work.states for c in s.comments]
+        discussions = [_with_structure(s.discussion_row(self.factors)) for s in work.states]
+        comments = [comment_row(c) for s in work.states for c in s.comments]
         events = [e.to_dict() for s in work.states for e in s.events]
         failed = [
             (s.spec.discussion_id, s.error or "") for s in work.states if s.status == "failed"
@@ -248,37 +266,51 @@ class DiscussionRunner:
     # -- one engine step -------------------------------------------------------------------------
     def _step(
         self,
-        active: list[tuple[_ShardWork, DiscussionState]],
+        active: list[tuple[_ShardWork, Conversation]],
         progress: Progress,
         result: StageResult,
     ) -> None:
-        groups: dict[str, list[tuple[_ShardWork, DiscussionState, ChatRequest]]] = defaultdict(list)
+        """Every request of every active discussion, one engine call per model; then each
+        discussion gets its answers (in the order it asked) and the journals are synced."""
+        groups: dict[str, list[tuple[int, int, ChatRequest]]] = defaultdict(list)
         configs: dict[str, ModelConfig] = {}
-        for work, state in active:
-            request = state.next_request()
-            if request is None:  # nothing left to say: the state ends itself on apply
+        answers: dict[int, list[Completion | None]] = {}
+        for i, (_, state) in enumerate(active):
+            asks = state.next_requests()
+            if not asks:  # nothing left to ask: the state ends itself on apply
                 continue
-            cfg = state.model_config_for_next()
-            key = cfg.model_dump_json(include=LOAD_FIELDS)
-            configs[key] = cfg
-            groups[key].append((work, state, request))
-        touched: dict[int, Journal] = {}
+            answers[i] = [None] * len(asks)
+            for j, ask in enumerate(asks):
+                key = ask.model.model_dump_json(include=LOAD_FIELDS)
+                configs[key] = ask.model
+                groups[key].append((i, j, ask.request))
         for key, items in groups.items():
             engine = self.engine_for(configs[key])
             completions = engine.generate([r for _, _, r in items])
             result.engine_calls += 1
-            for (work, state, _), completion in zip(items, completions, strict=True):
-                for record in state.apply(completion):
-                    work.journal.append(record)
-                    if record["t"] == "comment":
-                        result.tokens += completion.completion_tokens
+            for (i, j, _), completion in zip(items, completions, strict=True):
+                answers[i][j] = completion
                 progress.add(
                     1,
                     failed=completion.finish_reason == "error",
                     prompt_tokens=completion.prompt_tokens,
                     completion_tokens=completion.completion_tokens,
                 )
-                touched[work.shard] = work.journal
+        touched: dict[int, Journal] = {}
+        for i, got in answers.items():
+            work, state = active[i]
+            completions = [c for c in got if c is not None]
+            for record in state.apply_all(completions):
+                work.journal.append(record)
+                if record["t"] == "comment":
+                    result.tokens += record["completion_tokens"]
+            touched[work.shard] = work.journal
         for journal in touched.values():
             journal.sync()
         crash_point("discuss.step")
+
+
+def _with_structure(row: dict) -> dict:
+    """A discussions row with its ``structure`` (a forum thread's row does not name it)."""
+    row.setdefault("structure", "forum")
+    return row

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply, is_no_intervention
+from synth_disco.discussion.machine import Ask
 from synth_disco.discussion.moderation import may_decline, speaks_after, takes_turns
 from synth_disco.discussion.policies import Node, next_turn
 from synth_disco.discussion.prompts import (
@@ -203,6 +204,17 @@ class DiscussionState:
         slot = self._slot()
         moderator = slot is not None and slot.role == "moderator"
         return self._models[self.moderator_model_name if moderator else self.model_name]
+
+    # -- the stage's interface (discussion/machine.py) -----------------------------------------
+    def next_requests(self) -> list[Ask]:
+        """Every request the thread waits on now: a forum waits on one turn at a time."""
+        request = self.next_request()
+        return [] if request is None else [Ask(request, self.model_config_for_next())]
+
+    def apply_all(self, completions: list[Completion]) -> list[dict[str, Any]]:
+        """The answer to the last ``next_requests()`` (one), as journal records."""
+        (completion,) = completions
+        return self.apply(completion)
 
     # -- applying answers ----------------------------------------------------------------------
     def apply(self, completion: Completion) -> list[dict[str, Any]]:

@@ -24,17 +24,26 @@ from synth_disco.recipe.factorial import (
     n_full_factorial,
     select_cells,
 )
+from synth_disco.recipe.graph import find_cycle, resolve_edges
 from synth_disco.recipe.overrides import KeyPath, apply_patches, dotted, overlaps, parse_key
 from synth_disco.recipe.schema import (
+    AUTO_INSTRUCTIONS,
     DEFAULT_VARIANT,
     AnnotatorsConfig,
     DiscussionConfig,
+    Range,
     Recipe,
     SourceSpec,
 )
 from synth_disco.recipe.schema_walk import field_names, schema_types, suggest
 from synth_disco.recipe.sources import load_personas, load_posts, source_files
-from synth_disco.recipe.templates import TEMPLATE_KINDS, check_template, template_environment
+from synth_disco.recipe.templates import (
+    TEMPLATE_KINDS,
+    check_template,
+    combination_presets,
+    is_preset_name,
+    template_environment,
+)
 from synth_disco.records import Persona, Post
 from synth_disco.store import schemas
 
@@ -264,18 +273,166 @@ def check_cells(
         cfg["personas"] = {name: {} for name in cell.personas}
         for kp, msg in references(cfg, pool_sizes.get):
             _add_cell(ck, recipe, levels, kp, msg)
+        for kp, msg in structure_problems(cell.discussion):
+            # A value that is fine for one structure and wrong for another (participants, the
+            # moderator's role) is blamed on the level that chose the structure; a value wrong
+            # in itself (an edge, a template) where it is written.
+            fits = kp[:2] != ("discussion", "graph") and kp[-1] not in ("combination", "task")
+            also: KeyPath | None = ("discussion", "structure") if fits else None
+            _add_cell(ck, recipe, levels, kp, msg, also=also)
 
 
-def _add_cell(ck: Checker, recipe: Recipe, levels: dict[str, str], kp: KeyPath, msg: str) -> None:
-    """Report a problem of a cell at the factor level patch that caused it, else at the base."""
-    for f, level in levels.items():
-        for key in recipe.factors[f][level]:
-            pk = parse_key(key)
-            if overlaps(pk, kp):
-                mp: KeyPath = ("factors", f, level, key, *kp[len(pk) :])
-                ck.add_at(mp, dotted(mp), f"{msg} (when factor {f!r} is {level!r})")
-                return
+def _add_cell(
+    ck: Checker,
+    recipe: Recipe,
+    levels: dict[str, str],
+    kp: KeyPath,
+    msg: str,
+    also: KeyPath | None = None,
+) -> None:
+    """Report a problem of a cell at the factor level patch that caused it, else at the base.
+    ``also``: a key whose patch is to blame when no level sets ``kp`` itself (a debate level
+    with the base's three participants is reported at the level that made it a debate)."""
+    for target in (kp,) if also is None else (kp, also):
+        for f, level in levels.items():
+            for key in recipe.factors[f][level]:
+                pk = parse_key(key)
+                if overlaps(pk, target):
+                    mp: KeyPath = ("factors", f, level, key, *target[len(pk) :])
+                    shown = dotted(mp) if target == kp else dotted(kp)
+                    ck.add_at(mp, shown, f"{msg} (when factor {f!r} is {level!r})")
+                    return
     ck.add(kp, msg)
+
+
+def structure_problems(d: DiscussionConfig) -> list[tuple[KeyPath, str]]:
+    """What a discussion config asks of its deliberation structure that cannot be: a debate
+    without exactly two participants, a graph edge to an unknown agent or closing a cycle, a
+    moderator whose role does not fit the structure, a combination preset that does not exist,
+    task and combination templates that do not render."""
+    out: list[tuple[KeyPath, str]] = []
+    disc: KeyPath = ("discussion",)
+    mod = d.moderator
+    combiner = mod is not None and mod.role == "combiner"
+    if d.structure == "forum" and combiner:
+        out.append(
+            (
+                (*disc, "moderator", "role"),
+                "a combiner writes the final response of a deliberation structure (set "
+                "discussion.structure: ensemble, chain, debate or graph); a forum thread's "
+                "moderator has role: forum",
+            )
+        )
+    elif d.structure != "forum" and mod is not None and not combiner:
+        out.append(
+            (
+                (*disc, "moderator", "role"),
+                f"in a {d.structure} the moderator combines the last cycle's responses into the "
+                "final response: set role: combiner",
+            )
+        )
+    if mod is not None and not combiner:
+        if mod.instructions == AUTO_INSTRUCTIONS:
+            out.append(
+                (
+                    (*disc, "moderator", "instructions"),
+                    "`auto` instructions are written for a combiner (role: combiner) only",
+                )
+            )
+        for key in ("task", "combination"):
+            if getattr(mod, key) is not None:
+                out.append(((*disc, "moderator", key), f"{key} applies to a combiner only"))
+    p = d.participants
+    if d.structure == "debate" and p != 2:
+        got = f"{p.min} to {p.max}" if isinstance(p, Range) else str(p)
+        out.append(((*disc, "participants"), f"a debate has exactly two participants, not {got}"))
+    if d.structure == "graph":
+        out += _graph_problems(d)
+    env = template_environment()
+    combinations = [((*disc, "combination"), d.combination)]
+    tasks = [((*disc, "task"), d.task)]
+    if mod is not None and combiner:
+        combinations.append(((*disc, "moderator", "combination"), mod.combination))
+        tasks.append(((*disc, "moderator", "task"), mod.task))
+    presets = combination_presets()
+    for kp, value in combinations:
+        if not isinstance(value, str):
+            continue
+        if is_preset_name(value):
+            if value.strip() not in presets:
+                out.append(
+                    (
+                        kp,
+                        f"no combination preset {value.strip()!r}; presets: "
+                        f"{', '.join(presets)}{suggest(value.strip(), presets)} (a template of "
+                        "your own is more than one word, e.g. `{% for r in responses %}...`)",
+                    )
+                )
+            continue
+        err = check_template(env, value, "combination")
+        if err:
+            out.append((kp, err))
+    for kp, value in tasks:
+        if isinstance(value, str):
+            err = check_template(env, value, "task")
+            if err:
+                out.append((kp, err))
+    return out
+
+
+def _graph_problems(d: DiscussionConfig) -> list[tuple[KeyPath, str]]:
+    graph: KeyPath = ("discussion", "graph")
+    out: list[tuple[KeyPath, str]] = []
+    if d.shuffle:
+        out.append(
+            (
+                ("discussion", "shuffle"),
+                "a graph answers in the order of its edges; shuffle applies to ensemble, chain "
+                "and debate",
+            )
+        )
+    if isinstance(d.participants, Range):
+        return [
+            *out,
+            (
+                ("discussion", "participants"),
+                "a graph has a fixed number of agents: give participants as a number",
+            ),
+        ]
+    n = d.participants
+    nodes = d.graph.nodes
+    if nodes and len(nodes) != n:
+        out.append(
+            ((*graph, "nodes"), f"{len(nodes)} node names for {n} participants; name each once")
+        )
+        return out
+    dupes = sorted({x for x in nodes if nodes.count(x) > 1})
+    if dupes:
+        out.append(((*graph, "nodes"), f"node names must be distinct ({', '.join(dupes)})"))
+        return out
+    edges, problems = resolve_edges(d.graph.edges, nodes, n)
+    for prob in problems:
+        kp: KeyPath = (*graph, "edges", prob.edge)
+        out.append(((*kp, prob.end) if prob.end is not None else kp, prob.message))
+
+    def name(v: int) -> str:
+        return nodes[v] if nodes else str(v)
+
+    cycle = find_cycle(n, edges)
+    if cycle is not None:
+        closing = (cycle[-2], cycle[-1])
+        for i, pair in enumerate(d.graph.edges):
+            if resolve_edges([pair], nodes, n)[0] == [closing]:
+                path = " -> ".join(name(v) for v in cycle)
+                out.append(
+                    (
+                        (*graph, "edges", i),
+                        f"edge [{pair[0]}, {pair[1]}] closes a cycle ({path}); a graph must "
+                        "be acyclic",
+                    )
+                )
+                break
+    return out
 
 
 def _get(d: Any, *keys: str, default: Any = None) -> Any:

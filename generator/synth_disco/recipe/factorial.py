@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from synth_disco.recipe.overrides import apply_patches
-from synth_disco.recipe.schema import DesignConfig, Recipe
+from synth_disco.recipe.schema import DesignConfig, DiscussionConfig, Recipe
 from synth_disco.seeds import derive_seed
 
 
@@ -76,3 +76,25 @@ def cell_recipe(raw: dict[str, Any], patches: list[tuple[str, Any]], base: Recip
     pools. Raises pydantic's ValidationError (or ValueError for a patch that cannot apply)."""
     cell = Recipe.model_validate(apply_patches(cell_base(raw), patches))
     return cell.model_copy(update={"personas": base.personas, "posts": base.posts})
+
+
+# Listing every cell's configuration validates each one (~1 ms); above this many cells the
+# factor levels are applied one at a time instead (what the checker does too).
+MAX_CELLS_LISTED = 2000
+
+
+def cell_discussions(recipe: Recipe) -> list[DiscussionConfig]:
+    """The distinct discussion configs of a design's cells, in cell order (with more than
+    ``MAX_CELLS_LISTED`` cells: the base with each factor level applied alone). What the card
+    describes and which prompt templates a run renders come from these."""
+    factors = factor_levels(recipe)
+    cells = select_cells(factors, recipe.design, recipe.seed)
+    if len(cells) > MAX_CELLS_LISTED:
+        cells = [{f: level} for f, levels in factors.items() for level in levels]
+    raw = recipe.model_dump(mode="json")
+    out: dict[str, DiscussionConfig] = {}
+    for levels in cells:
+        patches = cell_patches(recipe, levels)
+        d = cell_recipe(raw, patches, recipe).discussion if patches else recipe.discussion
+        out.setdefault(d.model_dump_json(), d)
+    return list(out.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -154,9 +154,13 @@ class SourceSpec(Strict):
     """Where personas or posts come from. Exactly one of inline/file/dir/hub.
 
     ``columns`` maps record fields to source columns (e.g. ``{text: body, name: username}``);
-    ``filter`` is a simple expression ``column == value`` / ``column != value`` /
-    ``column in [a, b]``; ``sample`` draws n records (weighted by ``weight_column`` if set)
-    with the recipe seed.
+    ``filter`` keeps the records an expression holds for: comparisons (``==``, ``!=``, ``<``,
+    ``<=``, ``>``, ``>=``, ``in [a, b]``, ``not in [...]``) joined with ``and``, ``or``,
+    ``not`` and parentheses, e.g. ``age >= 30 and state == "MO"`` (``recipe/filters.py``);
+    ``sample`` draws n records (weighted by ``weight_column`` if set) with the recipe seed. The
+    weight column is never part of a persona's description (what the model is shown).
+    ``persona_template`` (persona pools) renders each record into the persona description: a
+    template with the record's columns as variables (and ``row``, all of them by name).
     """
 
     inline: list[Any] | None = None
@@ -171,6 +175,7 @@ class SourceSpec(Strict):
     filter: str | None = None
     sample: int | None = Field(None, ge=1)
     weight_column: str | None = None
+    persona_template: Text | None = None
     license: str | None = None  # recorded in the dataset card
 
     @model_validator(mode="after")
@@ -215,13 +220,40 @@ class Variant(Strict):
     instructions: Text
 
 
+# How the agents of a discussion deliberate (``discussion/structures.py`` states each one):
+# `forum` is the turn-based thread; the others are deliberation structures.
+Structure = Literal["forum", "ensemble", "chain", "debate", "graph"]
+STRUCTURES: tuple[str, ...] = get_args(Structure)
+# `moderator.instructions: auto`: the model writes the combiner's instructions from its task.
+AUTO_INSTRUCTIONS = "auto"
+
+
 class ModeratorConfig(Strict):
+    """A forum moderator (``role: forum``: speaks in the thread as ``policy`` says) or, in a
+    deliberation structure, the combiner (``role: combiner``: writes the final response from
+    the last cycle's responses; ``policy`` and ``k`` do not apply)."""
+
     name: str = "Moderator"
     model: str | None = None  # defaults to the discussion model
     persona: str | dict[str, Any] = ""
-    instructions: Text = ""
+    instructions: Text = ""  # combiner: "auto" has the model write them from the task first
     policy: Literal["every_k", "after_each", "as_participant", "on_demand"] = "every_k"
     k: int = Field(3, ge=1)
+    role: Literal["forum", "combiner"] = "forum"
+    task: Text | None = None  # combiner: its own task (template); default: the agents' task
+    combination: Text | None = None  # combiner: a preset name or a template (see below)
+
+
+class GraphConfig(Strict):
+    """The agents of ``structure: graph`` as a directed acyclic graph.
+
+    ``nodes`` optionally names the participant slots, in order (as many names as
+    participants); ``edges`` are ``[from, to]`` pairs of slots, each by 0-based index or by
+    name: ``to`` is shown the responses of ``from``.
+    """
+
+    nodes: list[str] = Field(default_factory=list)
+    edges: list[tuple[int | str, int | str]] = Field(default_factory=list)
 
 
 class Templates(Strict):
@@ -236,6 +268,13 @@ class Templates(Strict):
     turn: Text | None = None
     moderator_system: Text | None = None
     annotation: Text | None = None
+    # Deliberation structures (``discussion/structure_prompts.py``): the agents' system and
+    # user messages, the combiner's, and the prompt that writes `auto` instructions.
+    agent_system: Text | None = None
+    agent_turn: Text | None = None
+    combiner_system: Text | None = None
+    combiner_turn: Text | None = None
+    auto_instructions: Text | None = None
 
 
 class DiscussionConfig(Strict):
@@ -251,6 +290,18 @@ class DiscussionConfig(Strict):
     moderator: ModeratorConfig | None = None
     templates: Templates = Field(default_factory=Templates)
     max_empty_retries: int = Field(2, ge=0)
+    # Deliberation structures (``structure`` other than `forum`; the keys above that are about
+    # turns, turn taking and the context window apply to `forum` only, and these to the
+    # structures only): see ``discussion/structures.py``.
+    structure: Structure = "forum"
+    task: Text | None = None  # a template of the post; default: the post's title and text
+    cycles: int = Field(1, ge=1)  # how many times the structure runs
+    shuffle: bool = False  # agent order drawn per discussion and cycle (not for `graph`)
+    last_n: int | None = Field(None, ge=1)  # previous responses an agent sees; None: all
+    # How previous responses are shown: a preset name (discussion/templates/combination/) or
+    # a template of your own; default: `debate` for a debate, else `default`.
+    combination: Text | None = None
+    graph: GraphConfig = Field(default_factory=GraphConfig)
 
     @field_validator("participants")
     @classmethod

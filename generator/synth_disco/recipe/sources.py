@@ -20,15 +20,18 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
 
 from synth_disco.errors import SourceError
+from synth_disco.recipe.filters import ColumnGetter, FilterError, evaluate, parse_filter
 from synth_disco.recipe.schema import SourceSpec
+from synth_disco.recipe.templates import template_environment
 from synth_disco.records import Persona, Post, SeedComment
 from synth_disco.seeds import derive_seed
 
@@ -202,44 +205,6 @@ def source_files(spec: SourceSpec, base_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # Filtering and sampling
 
-_FILTER = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(==|!=|not\s+in|in)\s*(.+?)\s*$")
-
-
-def _canon(x: Any) -> str:
-    """Compare values by a canonical string, so `age == 34` matches a CSV's "34"."""
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if x is None:
-        return ""
-    if isinstance(x, float) and x.is_integer():
-        return str(int(x))
-    return str(x).strip()
-
-
-def parse_filter(expr: str) -> tuple[str, str, list[str]]:
-    """``col == v`` / ``col != v`` / ``col in [a, b]`` / ``col not in [a, b]`` ->
-    (column, op, canonical values). Values are YAML, so quotes are optional."""
-    m = _FILTER.match(expr)
-    if not m:
-        raise SourceError(
-            f"cannot parse filter {expr!r}; write `column == value`, `column != value` "
-            f"or `column in [a, b]`",
-            "filter",
-        )
-    col, op, raw = m.group(1), " ".join(m.group(2).split()), m.group(3)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise SourceError(f"cannot parse the value in filter {expr!r}", "filter") from e
-    if op in ("in", "not in"):
-        if not isinstance(value, list):
-            raise SourceError(f"`{op}` needs a list, e.g. `{col} {op} [a, b]`", "filter")
-        return col, op, [_canon(v) for v in value]
-    return col, op, [_canon(value)]
-
-
-ColumnGetter = Callable[[str], Sequence[Any]]
-
 
 def select_indices(
     n_rows: int, column: ColumnGetter, spec: SourceSpec, *, seed: int, pool: str
@@ -247,13 +212,12 @@ def select_indices(
     """Row positions kept by ``filter`` then drawn by ``sample``, in source order."""
     keep = list(range(n_rows))
     if spec.filter:
-        col, op, values = parse_filter(spec.filter)
-        vals = column(col)
-        wanted = set(values)
-        if op in ("==", "in"):
-            keep = [i for i in keep if _canon(vals[i]) in wanted]
-        else:
-            keep = [i for i in keep if _canon(vals[i]) not in wanted]
+        try:
+            expr = parse_filter(spec.filter)
+        except FilterError as e:
+            raise SourceError(f"cannot parse filter {spec.filter!r}: {e}", "filter") from None
+        holds = evaluate(expr, column, n_rows)
+        keep = [i for i in keep if holds[i]]
     if spec.sample is not None and spec.sample < len(keep):
         rng = random.Random(derive_seed(seed, "sample", pool))
         if spec.weight_column:
@@ -508,6 +472,12 @@ def _check_unique(ids: list[str], what: str) -> None:
 def to_persona(r: RawRecord, spec: SourceSpec, pool: str) -> Persona:
     """One raw record as a Persona (see the module docstring for which column is what)."""
     if isinstance(r.value, str):
+        if spec.persona_template:
+            raise SourceError(
+                "persona_template renders records with columns; this pool's records are "
+                "plain text (they are the descriptions already)",
+                "persona_template",
+            )
         pid = _record_id(r, None, spec, pool)
         return Persona(id=pid, name=handle_for(pid), description=r.value.strip())
     if not isinstance(r.value, dict):
@@ -524,14 +494,50 @@ def to_persona(r: RawRecord, spec: SourceSpec, pool: str) -> Persona:
     fields = tuple(
         (k, as_text(v)) for k, v in row.items() if k not in (id_col, desc_col) and v is not None
     )
-    if desc in (None, ""):
-        desc = describe([(k, v) for k, v in fields if k != name_col])
+    # The sampling weight stays in `fields` (analyses reweight with it) but is never part of
+    # the description, which is what the model is shown.
+    hidden = _weight_columns(spec)
+    template = spec.persona_template if isinstance(spec.persona_template, str) else None
+    if template:
+        shown = {k: as_text(v) for k, v in row.items() if k not in hidden}
+        desc = _render_persona(template, shown, r.index)
+    elif desc in (None, ""):
+        desc = describe([(k, v) for k, v in fields if k != name_col and k not in hidden])
     return Persona(
         id=pid,
         name=as_text(name) if name not in (None, "") else handle_for(pid),
         description=as_text(desc),
         fields=fields,
     )
+
+
+def _weight_columns(spec: SourceSpec) -> set[str]:
+    """The column names that may hold ``weight_column`` (as written, and as mapped)."""
+    if not spec.weight_column:
+        return set()
+    return {spec.weight_column, spec.columns.get(spec.weight_column, spec.weight_column)}
+
+
+def _render_persona(template: str, row: dict[str, str], index: int) -> str:
+    """A record rendered by ``persona_template``: its columns are variables (and ``row``)."""
+    context = {k: v for k, v in row.items() if k.isidentifier() and k != "row"}
+    try:
+        text = template_environment().from_string(template).render(**context, row=row)
+    except jinja2.UndefinedError as e:
+        columns = ", ".join(row) or "none"
+        raise SourceError(
+            f"persona_template does not render for record {index}: {e.message} "
+            f"(its columns: {columns})",
+            "persona_template",
+        ) from None
+    except jinja2.TemplateError as e:
+        raise SourceError(f"persona_template: {e}", "persona_template") from None
+    except Exception as e:  # a template can raise anything (e.g. a division by zero)
+        raise SourceError(
+            f"persona_template does not render for record {index}: {type(e).__name__}: {e}",
+            "persona_template",
+        ) from None
+    return text.strip()
 
 
 def _seed_comment(c: Any, i: int, where: str) -> SeedComment:
@@ -607,6 +613,10 @@ def load_personas(spec: SourceSpec, base_dir: Path, *, seed: int, pool: str) -> 
 
 def load_posts(spec: SourceSpec, base_dir: Path, *, seed: int, pool: str = "posts") -> list[Post]:
     """The posts (OPs or seed threads) discussions start from."""
+    if spec.persona_template:
+        raise SourceError(
+            "persona_template applies to persona pools, not posts", "persona_template"
+        )
     posts = [to_post(r, spec) for r in read_records(spec, base_dir, seed=seed, pool=pool)]
     _check_unique([p.id for p in posts], "posts")
     return posts

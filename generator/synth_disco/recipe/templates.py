@@ -19,15 +19,60 @@ from jinja2.sandbox import SandboxedEnvironment
 from synth_disco.recipe.schema_walk import suggest
 
 # The keys of ``discussion.templates``.
-TEMPLATE_KINDS = ("system", "turn", "moderator_system", "annotation")
+TEMPLATE_KINDS = (
+    "system",
+    "turn",
+    "moderator_system",
+    "annotation",
+    "agent_system",
+    "agent_turn",
+    "combiner_system",
+    "combiner_turn",
+    "auto_instructions",
+)
+# A `combination` (``discussion.combination``, ``discussion.moderator.combination``) that is one
+# word names a preset; anything else is a template of its own.
+_PRESET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_COMBINATIONS = ("discussion", "templates", "combination")
+
+
+def combination_presets() -> dict[str, str]:
+    """Preset name -> template source, for the `combination` of deliberation structures. The
+    presets are files of the discussion package (read as package data: the recipe layer does
+    not import the discussion code)."""
+    folder = files("synth_disco").joinpath(*_COMBINATIONS)
+    return {
+        p.name.removesuffix(".j2"): p.read_text(encoding="utf-8")
+        for p in sorted(folder.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".j2")
+    }
+
+
+def is_preset_name(value: str) -> bool:
+    """Whether a `combination` value is meant as a preset name (one word), not a template."""
+    return bool(_PRESET_NAME.match(value.strip()))
+
+
+def _response(label: str, author: str, text: str, slot: int, own: bool) -> dict[str, Any]:
+    return {
+        "label": label,
+        "author": author,
+        "text": text,
+        "cycle": 1,
+        "position": slot,
+        "slot": slot,
+        "own": own,
+    }
 
 
 def sample_context(kind: str) -> dict[str, Any]:
     """The variables a prompt template of ``kind`` is rendered with, with sample values.
 
     These are what the prompt builders pass (``discussion/prompts.py`` for ``system``,
-    ``moderator_system`` and ``turn``; ``annotation/prompts.py`` for ``annotation``; tests
-    hold the two to the same names).
+    ``moderator_system`` and ``turn``; ``discussion/structure_prompts.py`` for the
+    deliberation structures' ``task``, ``combination``, ``agent_*``, ``combiner_*`` and
+    ``auto_instructions``; ``annotation/prompts.py`` for ``annotation``; tests hold them to
+    the same names).
     """
     if kind in ("system", "moderator_system"):
         return {"context": "A forum about local news."}
@@ -50,6 +95,60 @@ def sample_context(kind: str) -> dict[str, Any]:
             "on_demand": False,
             "no_intervention": "NO INTERVENTION",
         }
+    if kind == "task":
+        return {
+            "post": {
+                "id": "post-1",
+                "title": "A sample thread",
+                "text": "The original post.",
+                "author": "OP",
+            }
+        }
+    agent = {
+        "name": "quiet_heron42",
+        "label": "Participant 1",
+        "persona": "Age: 41. Current employment: nurse.",
+        "instructions": "Write as this person would.",
+        "slot": 0,
+    }
+    moderator = {
+        "name": "Moderator",
+        "persona": "A careful editor.",
+        "instructions": "Combine the answers fairly.",
+    }
+    task = "Should the town square be closed to cars on Saturdays?"
+    if kind == "combination":
+        return {
+            "responses": [
+                _response("Participant 1", "quiet_heron42", "A first answer.", 0, True),
+                _response("Participant 2", "amber_owl17", "A second answer.", 1, False),
+            ],
+            "task": task,
+            "moderator": False,
+            "structure": "chain",
+            "cycles": 1,
+        }
+    if kind == "agent_system":
+        return {"context": "A town hall.", "agent": agent, "structure": "chain"}
+    if kind == "agent_turn":
+        return {
+            "task": task,
+            "previous": "Others answered before you.",
+            "agent": agent,
+            "cycle": 1,
+            "cycles": 2,
+            "structure": "chain",
+        }
+    if kind == "combiner_system":
+        return {"context": "A town hall.", "moderator": moderator, "task": task}
+    if kind == "combiner_turn":
+        return {
+            "task": task,
+            "combined": "The participants answered as follows.",
+            "moderator": moderator,
+        }
+    if kind == "auto_instructions":
+        return {"task": task, "moderator": moderator}
     if kind == "annotation":
 
         def view(position: int, author: str, role: str, text: str) -> dict[str, Any]:

@@ -47,6 +47,16 @@ MODERATOR = pa.struct(
 )
 
 
+# The discussions columns of a deliberation structure: how it ran and what it concluded.
+STRUCTURE_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("structure", pa.string()),  # forum | ensemble | chain | debate | graph
+    ("task", pa.string()),  # the task the agents answered (rendered)
+    ("orders", pa.list_(pa.list_(pa.int32()))),  # per cycle: the agents' slots in answer order
+    ("final_response", pa.string()),  # the combiner's response
+    ("moderator_instructions", pa.string()),  # the combiner's instructions (`auto`: written)
+]
+
+
 def _cell_columns(factors: list[str]) -> list[tuple[str, pa.DataType]]:
     """The columns that place a discussion in the design: the plan and the discussions table
     start with them, so a plan row and its discussion join on every one."""
@@ -83,6 +93,8 @@ def discussions_schema(factors: list[str]) -> pa.Schema:
             ("n_comments", pa.int32()),
             ("prompt_tokens", pa.int64()),
             ("completion_tokens", pa.int64()),
+            # Deliberation structures (issue 14); a forum thread has structure "forum" only.
+            *STRUCTURE_COLUMNS,
         ]
     )
 
@@ -119,6 +131,11 @@ COMMENTS = pa.schema(
         ("completion_tokens", pa.int32()),
         ("finish_reason", pa.string()),
         ("attempts", pa.int32()),
+        # Deliberation structures (issue 14): a forum comment has no cycle or position, and
+        # its parent_ids is [parent_id].
+        ("cycle", pa.int32()),
+        ("position", pa.int32()),
+        ("parent_ids", pa.list_(pa.string())),
     ]
 )
 
