@@ -67,9 +67,11 @@ def _planned_calls(spec: DiscussionSpec, memo: dict[str, int]) -> int:
 
 
 def _calls_made(state: Conversation) -> int:
-    """Calls a (replayed) discussion has already made: its generated comments and events."""
+    """Calls a (replayed) discussion has already made: its generated comments and events,
+    and the call that wrote a combiner's ``auto`` instructions."""
     generated = sum(c.role in ("user", "moderator") for c in getattr(state, "comments", ()))
-    return generated + len(getattr(state, "events", ()))
+    wrote = getattr(state, "wrote_instructions", False)
+    return generated + len(getattr(state, "events", ())) + wrote
 
 
 def _ended(state: Conversation, progress: Progress, memo: dict[str, int]) -> None:

@@ -143,6 +143,11 @@ class StructureState:
         return self.comments[0].comment_id
 
     @property
+    def wrote_instructions(self) -> bool:
+        """Whether the model has written the combiner's ``auto`` instructions (one call)."""
+        return self._instruction_tokens != (0, 0)
+
+    @property
     def done(self) -> bool:
         return self.status != "running"
 
