@@ -493,15 +493,15 @@ def test_load_engine_tiny_from_config(tiny_path: Path, monkeypatch: pytest.Monke
     assert sampling_params_from(SimpleNamespace(**model_config)) == params
     assert sampling_params_from({"temperature": None}) == SamplingParams()
     assert tiny_seed("tiny:3") == 3 and tiny_seed("tiny") == 0
-    with pytest.raises(EngineLoadError, match="unknown engine 'vllm'"):
-        load_engine(EngineConfig("x", engine="vllm"))
+    with pytest.raises(EngineLoadError, match="unknown engine 'sglang'"):
+        load_engine(EngineConfig("x", engine="sglang"))
     eng.close()
     with pytest.raises(RuntimeError):
         eng.generate([request(0)])
 
 
 def test_registry_entries_and_load_fields() -> None:
-    assert ENGINE_NAMES == ("transformers", "tiny")
+    assert ENGINE_NAMES == ("transformers", "tiny", "vllm")
     assert {f.name for f in dataclasses.fields(EngineConfig)} == LOAD_FIELDS
     for name, entry in ENGINES.items():
         assert entry.accepts <= LOAD_FIELDS, name

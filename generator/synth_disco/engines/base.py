@@ -47,6 +47,7 @@ class EngineConfig:
     max_batch_size: int = 64
     max_batch_tokens: int | None = None  # padded tokens (prompt + new) in one batch
     prefix_cache_mb: float | None = None  # 0 turns prompt prefix reuse off
+    engine_args: Mapping[str, Any] | None = None  # engine: vllm: vllm.LLM's keyword arguments
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

@@ -51,6 +51,21 @@ ENGINES: dict[str, EngineEntry] = {
             }
         ),
     ),
+    # vLLM's offline LLM in this process; needs vLLM (pip install "synth-disco[vllm]").
+    "vllm": EngineEntry(
+        "synth_disco.engines.vllm",
+        accepts=frozenset(
+            {
+                "engine",
+                "model",
+                "revision",
+                "dtype",
+                "trust_remote_code",
+                "chat_template",
+                "engine_args",
+            }
+        ),
+    ),
 }
 
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from synth_disco.engines import vllm as vllm_engine
 from synth_disco.errors import SourceError
 from synth_disco.recipe.checker import Checker
 from synth_disco.recipe.factorial import (
@@ -359,6 +360,14 @@ def references(cfg: dict[str, Any], pool_size: Any) -> list[tuple[KeyPath, str]]
             if err:
                 out.append((("discussion", "templates", kind), err))
     for mname, m in (cfg.get("models") or {}).items() if models is not None else ():
+        if isinstance(m, dict) and m.get("engine") == "vllm" and not vllm_engine.available():
+            out.append(
+                (
+                    ("models", mname, "engine"),
+                    f"the vllm engine needs vLLM, which is not installed: "
+                    f"{vllm_engine.INSTALL_HINT}",
+                )
+            )
         source = m.get("chat_template") if isinstance(m, dict) else None
         if isinstance(source, str):
             err = check_template(env, source, "chat_template")

@@ -33,7 +33,7 @@ Text = str | FileRef
 class ModelConfig(Strict):
     """A named model: which engine runs it and how it decodes."""
 
-    engine: Literal["transformers", "tiny"] = "transformers"
+    engine: Literal["transformers", "tiny", "vllm"] = "transformers"
     model: str = Field("tiny", description="Hub id, local path, or 'tiny' / 'tiny:<seed>'")
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -49,6 +49,7 @@ class ModelConfig(Strict):
     chat_template: Text | None = None
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
+    engine_args: dict[str, Any] | None = None  # engine: vllm: passed to vllm.LLM as they are
 
 
 class SourceSpec(Strict):
