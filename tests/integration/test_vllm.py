@@ -331,3 +331,28 @@ def test_a_recipe_builds_end_to_end_with_engine_vllm(driver: dict[str, Any]) -> 
         assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-9)
         assert a["label"] == max(probs, key=probs.get)
     assert not b["card_has_local_path"]
+
+
+def test_bench_engines_compares_the_engine_with_raw_vllm(model_dir: str) -> None:
+    done = subprocess.run(
+        [
+            VLLM_PYTHON,
+            str(REPO / "bench" / "engines.py"),
+            *("--model", model_dir, "--engines", "vllm", "--repeats", "1"),
+            *("--discussions", "2", "--participants", "2", "--turns", "2", "--new-tokens", "6"),
+        ],
+        capture_output=True,
+        text=True,
+        env=vllm_env(),
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| system")
+    }
+    assert set(rows) == {"engine: vllm", "raw vllm.LLM.generate (same prompts, same steps)"}
+    for cells in rows.values():
+        assert cells[3] == "6-6"  # tokens per reply: forced to --new-tokens on both sides
+    assert "identical greedy replies: 4/4" in done.stdout

@@ -204,7 +204,7 @@ class VLLMEngine:
             )
         self._max_context = int(self.llm.model_config.max_model_len)
         fields = getattr(vllm.SamplingParams, "__struct_fields__", ())
-        self._token_logprobs = "logprob_token_ids" in fields  # vLLM >= 0.3x
+        self._token_logprobs = "logprob_token_ids" in fields  # else every label scored whole
         self._label_ids: dict[str, list[int]] = {}
         # Only single requests are retried alone after a failed call (see _run).
         self._batcher = Batcher(max_batch_size=1 << 30, max_batch_tokens=None)
@@ -231,13 +231,14 @@ class VLLMEngine:
         self._check_open()
         results: list[Completion | None] = [None] * len(requests)
         items: list[tuple[int, list[int], Any]] = []
+        encoded = self._encode_many([req.messages for req in requests])
         for i, req in enumerate(requests):
             p = req.params
             ids: list[int] = []
             problem = check_params(p)
             if problem is None:
                 try:
-                    ids = self._encode(req.messages)
+                    ids = encoded[i] if encoded[i] is not None else self._encode(req.messages)
                 except Exception as exc:
                     problem = f"cannot apply the chat template: {short(exc)}"
             if problem is None and len(ids) + p.max_new_tokens > self._max_context:
@@ -275,12 +276,13 @@ class VLLMEngine:
         whole: dict[int, list[float | None]] = {}  # request -> each label's log-prob so far
         items: list[tuple[tuple[int, int], list[int], Any]] = []  # ((request, label), ids, params)
         greedy_one = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}
+        encoded = self._encode_many([req.messages for req in requests])
         for i, req in enumerate(requests):
             prompt: list[int] = []
             try:
                 if not req.labels:
                     raise ValueError("no labels to score")
-                prompt = self._encode(req.messages)
+                prompt = encoded[i] if encoded[i] is not None else self._encode(req.messages)
                 labels = [self._label_tokens(lab) for lab in req.labels]
                 empty = [lab for lab, ids in zip(req.labels, labels, strict=True) if not ids]
                 if empty:
@@ -368,6 +370,24 @@ class VLLMEngine:
             messages, add_generation_prompt=True, tokenize=False
         )
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode_many(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | None]:
+        """:meth:`_encode` of many prompts with one tokenizer call; None where the chat
+        template fails (the caller encodes that one alone to report why)."""
+        texts: dict[int, str] = {}
+        for i, messages in enumerate(conversations):
+            try:
+                texts[i] = self._tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            except Exception:
+                continue
+        out: list[list[int] | None] = [None] * len(conversations)
+        if texts:
+            rows = self._tokenizer(list(texts.values()), add_special_tokens=False)["input_ids"]
+            for i, row in zip(texts, rows, strict=True):
+                out[i] = list(row)
+        return out
 
     def _label_tokens(self, label: str) -> list[int]:
         ids = self._label_ids.get(label)
