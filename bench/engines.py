@@ -50,6 +50,7 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
     markdown_table,
     median,
     ratio,
+    set_torch_threads,
     synth_disco_specs,
 )
 
@@ -174,6 +175,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--context-window", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engines", default="vllm,transformers", help="comma list: vllm, transformers")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the transformers engine (vLLM's CPU worker binds its own: "
+        "one core of two here)",
+    )
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument(
@@ -235,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         from synth_disco.engines.base import EngineConfig
         from synth_disco.engines.hf import TransformersEngine
 
+        set_torch_threads(args.threads)
         forced = forced_copy(model)
         cfg = {"engine": "transformers", "model": str(forced), "max_new_tokens": n}
         specs = synth_disco_specs(w, cfg)
@@ -314,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"workload: {w.discussions} discussions x {w.participants} participants x {w.turns} "
         f"turns x {n} new tokens (forced), context window {w.context_window}, greedy, "
-        f"{args.dtype}, model {model.name}; median of {args.repeats}"
+        f"{args.dtype}, model {model.name}; median of {args.repeats}; transformers engine "
+        f"{args.threads} thread(s)"
     )
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg']}; "
