@@ -25,7 +25,9 @@ from synth_disco.discussion.quality import (
     shingle_jaccard,
 )
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "generator" / "synth_disco" / "templates"
+TEMPLATES = (
+    Path(__file__).resolve().parents[1] / "generator" / "synth_disco" / "discussion" / "templates"
+)
 TURN = (TEMPLATES / "turn.j2").read_text(encoding="utf-8")
 SYSTEM = (TEMPLATES / "system.j2").read_text(encoding="utf-8")
 
@@ -40,8 +42,7 @@ QUOTED = [OP_TEXT, "Same here.", "It was fine for me.", "Please keep it civil."]
 def rendered_prompt() -> str:
     """A real prompt of the built-in templates: jonah.b answering tomas.k."""
     messages = build_messages(
-        system_template=SYSTEM,
-        turn_template=TURN,
+        {"system": SYSTEM, "turn": TURN},
         context="A neighbourhood forum.",
         title="Bus routes",
         op=Shown("alder", "op", OP_TEXT),

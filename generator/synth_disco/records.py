@@ -6,7 +6,7 @@ one that was written, and ``to_dict`` gives the row that goes into parquet.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -115,6 +115,7 @@ class Comment:
     completion_tokens: int = 0
     finish_reason: str | None = None
     attempts: int = 1
+    flags: list[str] = field(default_factory=list)  # quality flags (discussion/quality.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)
@@ -126,10 +127,12 @@ class Event:
 
     discussion_id: str
     index: int  # the comment index at which it happened
-    kind: str  # "no_intervention" | "failed_turn"
+    kind: str  # "no_intervention" | "failed_turn" | "regenerated"
     author: str
     detail: str = ""
     raw_text: str = ""
+    attempt: int = 1  # which attempt of the turn this was (1 = the first)
+    flags: list[str] = field(default_factory=list)  # "regenerated": the flags it raised
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)

@@ -67,6 +67,7 @@ def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
     return {
         "discussions": discussions,
         "comments": table_schemas.COMMENTS,
+        "events": table_schemas.EVENTS,
         "annotations": table_schemas.ANNOTATIONS,
         "personas": table_schemas.PERSONAS,
     }
@@ -327,13 +328,16 @@ def _write_discuss(
     max_rows: int,
     scrub: Sequence[tuple[str, str]],
 ) -> list[ConfigFiles]:
-    """The discussions and comments configs, shard by shard, folding their statistics."""
+    """The discussions, comments and events configs, shard by shard, folding their
+    statistics."""
     disc_paths = [p["discussions"] for _, p in sorted(discuss.items()) if "discussions" in p]
     comm_paths = [p["comments"] for _, p in sorted(discuss.items()) if "comments" in p]
     w_disc = _ConfigWriter(
         tmp, "discussions", schemas["discussions"], _rows_in(disc_paths), max_rows
     )
     w_comm = _ConfigWriter(tmp, "comments", schemas["comments"], _rows_in(comm_paths), max_rows)
+    event_paths = [p["events"] for _, p in sorted(discuss.items()) if "events" in p]
+    w_events = _ConfigWriter(tmp, "events", schemas["events"], _rows_in(event_paths), max_rows)
     for shard in sorted(discuss):
         paths = discuss[shard]
         cells: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -343,16 +347,17 @@ def _write_discuss(
                 cells.update(stats.add_discussions(pa.Table.from_batches([batch])))
                 ids.extend(batch.column("discussion_id").to_pylist())
                 w_disc.write(batch)
+        if "events" in paths:  # before the comments: see StatsCollector.add_events
+            for batch in _read_batches(paths["events"], schemas["events"], scrub):
+                stats.add_events(batch)
+                w_events.write(batch)
         counts: Counter[str] = Counter()
         if "comments" in paths:
             for batch in _read_batches(paths["comments"], schemas["comments"], scrub):
                 stats.add_comments(batch, cells, counts)
                 w_comm.write(batch)
-        if "events" in paths:
-            for batch in _read_batches(paths["events"], table_schemas.EVENTS, scrub):
-                stats.add_events(batch)
         stats.end_shard(ids, counts)
-    return [w_disc.close(), w_comm.close()]
+    return [w_disc.close(), w_comm.close(), w_events.close()]
 
 
 def _write_annotations(

@@ -36,7 +36,9 @@ from synth_disco.dataset.manifest import (
 )
 from synth_disco.dataset.portable import portable_model_id, portable_recipe
 from synth_disco.dataset.readme import card_text, merge_readme
+from synth_disco.dataset.stats import ANY_FLAG
 from synth_disco.discussion.prompts import templates_used as discussion_templates
+from synth_disco.discussion.quality import flag_docs
 from synth_disco.recipe.overrides import sets_under
 from synth_disco.recipe.schema import FileRef, Recipe, SourceSpec
 from synth_disco.store.files import atomic_write_text
@@ -58,6 +60,8 @@ SIZE_BUCKETS = (
 ROW_OF = {
     "discussions": "discussion",
     "comments": "comment (including the original post and seed comments)",
+    "events": "event of a discussion that is no comment: a moderator's `no_intervention`, a "
+    "failed turn, a reply discarded by `quality.regenerate` (`regenerated`)",
     "annotations": "label (comment x annotator x dimension)",
     "personas": "persona of a pool the run used",
 }
@@ -94,9 +98,11 @@ COLUMN_DOCS = {
     "text": "the comment, cleaned of echoed prefixes and quotes",
     "raw_text": "the model output before cleaning",
     "finish_reason": "stop, length, eos or error",
-    "attempts": "generation attempts (retries after empty outputs)",
-    "kind": "event kind",
-    "detail": "event detail",
+    "attempts": "generation attempts: retries after empty replies and `quality.regenerate` ones",
+    "kind": "no_intervention, failed_turn or regenerated",
+    "detail": "failed_turn: why; regenerated: the flags that discarded the reply",
+    "attempt": "which attempt of the turn the event belongs to (1 = the first)",
+    "flags": "quality flags (see Quality flags under Statistics)",
     "annotator_id": "annotator persona id",
     "annotator_persona": "annotator persona description",
     "dimension": "annotation dimension",
@@ -394,6 +400,56 @@ def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None)
     }
 
 
+def _rate(q: Mapping[str, Any], flag: str, regenerated: bool) -> str:
+    """A flag's share of a group's generated comments ("12.5%"; "30.0% -> 12.5%" when turns
+    were regenerated: before, then as published)."""
+    n = q["comments"]
+    if not n:
+        return ""
+    now = f"{q['published'].get(flag, 0) / n:.1%}"
+    if not regenerated:
+        return now
+    return f"{q['first_attempt'].get(flag, 0) / n:.1%} -> {now}"
+
+
+def _quality(recipe: Recipe, stats: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The card's quality section: each flag's meaning and its rates, overall and per level."""
+    q = stats.get("quality")
+    if not q or not q["comments"]:
+        return None
+    config = recipe.quality.config()
+    docs = flag_docs(config)
+    regenerated = q.get("regenerated_replies", 0) > 0
+    groups = [("all", q)] + [
+        (f"{f} = {lv}", levels[lv]["quality"])
+        for f, levels in stats["by_level"].items()
+        for lv in sorted(levels, key=lambda lv, f=f: _level_rank(recipe, f, lv))
+        if levels[lv].get("quality", {}).get("comments")
+    ]
+    rows = [
+        {"flag": f, "meaning": docs[f], "rates": [_rate(g, f, regenerated) for _, g in groups]}
+        for f in config.enabled
+    ]
+    rows.append(
+        {
+            "flag": ANY_FLAG,
+            "meaning": "The comment raises at least one of the flags above.",
+            "rates": [_rate(g, ANY_FLAG, regenerated) for _, g in groups],
+        }
+    )
+    return {
+        "comments": q["comments"],
+        "groups": [{"name": name, "n": g["comments"]} for name, g in groups],
+        "rows": rows,
+        "regenerate": recipe.quality.regenerate,
+        "regenerate_on": list(recipe.quality.regenerate_flags),
+        "regenerated": regenerated,
+        "regenerated_turns": q.get("regenerated_turns", 0),
+        "regenerated_replies": q.get("regenerated_replies", 0),
+        "stop_strings": recipe.quality.stop_strings,
+    }
+
+
 def _generation(g: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in g.items() if v not in ([], None))
 
@@ -534,6 +590,7 @@ def card_context(
         ],
         "sources": _sources(recipe, dataset_dir, manifest, stats),
         "annotation": _annotation(recipe, stats, agreement),
+        "quality": _quality(recipe, stats),
         "per_discussion": "n/a"
         if pd["mean"] is None
         else f"{pd['mean']:.2f} / {pd['min']} / {pd['max']}",
@@ -586,7 +643,14 @@ def render_card(
         else {}
     )
     order = {f: list(levels) for f, levels in recipe.factors.items()}
-    figures = draw_figures(dataset_dir, stats, list(recipe.factors), ordinal, order)
+    figures = draw_figures(
+        dataset_dir,
+        stats,
+        list(recipe.factors),
+        ordinal,
+        order,
+        list(recipe.quality.config().enabled),
+    )
     context = card_context(
         dataset_dir, recipe, fingerprint, stats, manifest, features, figures, agreement, repo
     )

@@ -25,7 +25,8 @@ from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.prompts import PromptBuilder, text_value
 from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
 from synth_disco.dataset.assembly import assemble
-from synth_disco.dataset.manifest import used_pools
+from synth_disco.dataset.manifest import read_manifest, used_pools
+from synth_disco.dataset.stats import quality_summary
 from synth_disco.design.plan import plan as make_plan
 from synth_disco.design.plan import write_plan
 from synth_disco.discussion.stage import DiscussionRunner
@@ -292,6 +293,9 @@ def build(
         )
         if stage in ("all", "assemble"):
             report.dataset_dir = assemble_run(loaded, store)
+            summary = quality_summary(read_manifest(report.dataset_dir)["stats"])
+            if summary:
+                log.info(summary)
             crash_point("end")
         check_failures(loaded, store)
         return report

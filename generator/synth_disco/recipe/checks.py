@@ -39,7 +39,7 @@ from synth_disco.records import Persona, Post
 from synth_disco.store import schemas
 
 # Factors may change how discussions run and are annotated, not what they draw from.
-PATCHABLE = ("discussion", "models", "annotation")
+PATCHABLE = ("discussion", "models", "annotation", "quality")
 # Each factor becomes a column of plan.parquet and of the dataset's discussions table, so it
 # may not take the name of any of their other columns.
 RESERVED_COLUMNS = frozenset(schemas.plan_schema([]).names) | frozenset(

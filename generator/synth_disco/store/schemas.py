@@ -119,6 +119,7 @@ COMMENTS = pa.schema(
         ("completion_tokens", pa.int32()),
         ("finish_reason", pa.string()),
         ("attempts", pa.int32()),
+        ("flags", pa.list_(pa.string())),  # quality flags, sorted (discussion/quality.py)
     ]
 )
 
@@ -130,6 +131,8 @@ EVENTS = pa.schema(
         ("author", pa.string()),
         ("detail", pa.string()),
         ("raw_text", pa.string()),
+        ("attempt", pa.int32()),
+        ("flags", pa.list_(pa.string())),
     ]
 )
 
