@@ -62,7 +62,16 @@ def test_header_parses_with_huggingface_hub(folder: Path) -> None:
     assert data["size_categories"] == ["n<1K"]
     assert data["pretty_name"] == "unit-test"
     configs = {c["config_name"]: c for c in data["configs"]}
-    assert list(configs) == ["discussions", "comments", "annotations", "personas"]
+    # events: the failed turn; agreement: the dimension with figures; no aggregates or prompts
+    # (the hand-made shards have none): configs without rows are left out
+    assert list(configs) == [
+        "discussions",
+        "comments",
+        "events",
+        "annotations",
+        "agreement",
+        "personas",
+    ]
     assert configs["discussions"]["default"] is True
     assert configs["comments"]["data_files"] == [
         {"split": "train", "path": "data/comments/train-*"}
@@ -75,7 +84,9 @@ def test_datasets_reads_configs_and_infos_from_the_card(folder: Path) -> None:
     assert datasets.get_dataset_config_names(str(folder)) == [
         "discussions",
         "comments",
+        "events",
         "annotations",
+        "agreement",
         "personas",
     ]
     builder = datasets.load_dataset_builder(str(folder), "annotations")
@@ -96,7 +107,7 @@ def test_body_sections(folder: Path) -> None:
         "| `troll` | 30% | Provoke. |",  # variants with shares
         "cc0-1.0",  # persona source licence
         "| `3` | severe | 4 | 33.3% |",  # label distribution
-        "**0.410** over 12 items",  # agreement
+        "**0.410** over 12 comments with two or more labels.",  # agreement
         "2.40 / 0 / 3",  # comments per discussion
         "pip install synth-disco==",
         "synth-disco build synth_disco/recipe.yaml",
@@ -149,7 +160,12 @@ def test_card_without_factors_or_annotations(tmp_path: Path) -> None:
     recipe, raw = make_recipe(annotate=False, output={"max_rows_per_file": 100})
     folder = assemble(store, recipe, raw, "fp")
     figures = sorted(p.name for p in (folder / "figures").iterdir())
-    assert figures == ["comment_length_by_moderation.png", "comment_length_by_tone.png"]
+    assert figures == [
+        "comment_length_by_moderation.png",
+        "comment_length_by_tone.png",
+        "quality_by_moderation.png",
+        "quality_by_tone.png",
+    ]
     data = DatasetCard.load(folder / "README.md").data.to_dict()
     assert data["task_categories"] == ["text-generation"]
     assert "annotations" not in {c["config_name"] for c in data["configs"]}
@@ -165,7 +181,10 @@ def test_stale_figures_are_removed(tmp_path: Path) -> None:
     manifest = read_manifest(folder)
     stats = {**manifest["stats"], "by_level": {}}
     render_card(folder, recipe2.model_copy(update={"factors": {}}), "fp", stats, manifest=manifest)
-    assert sorted(p.name for p in (folder / "figures").iterdir()) == ["labels_overall.png"]
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == [
+        "labels_overall.png",
+        "quality_overall.png",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,9 @@ def test_header_stop_strings_come_from_the_turn_template_without_names():
         ("I agree.\n[moderator]", "I agree."),
         ("I agree.\nbirch is right", "I agree.\nbirch is right"),  # a sentence, not a header
         ("I agree with birch", "I agree with birch"),  # one line: nothing dangles
-        ("I agree.\nUser 3", "I agree.\nUser 3"),  # not a name of this discussion
+        ("I agree.\nUser 3", "I agree.\nUser 3"),  # two words: not a label
+        ("I agree.\n\npk_sondre", "I agree."),  # a handle the model invented
+        ("I agree.\nCheers", "I agree.\nCheers"),  # a sign-off, not a handle
     ],
 )
 def test_a_name_left_by_a_header_stop_is_removed(text, kept):

@@ -6,6 +6,8 @@ one that was written, and ``to_dict`` gives the row that goes into parquet.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -116,6 +118,7 @@ class Comment:
     finish_reason: str | None = None
     attempts: int = 1
     flags: list[str] = field(default_factory=list)  # quality flags (discussion/quality.py)
+    prompt_id: str | None = None  # the Prompt it was generated from (None for the OP, seeds)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)
@@ -136,3 +139,29 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a comment or a label was generated from, as the ``prompts`` config publishes it:
+    the rendered system message and the template sources of the user message (which is
+    rendered from them with the row's own context: the comments before it, the speaker or the
+    annotator). ``id`` is a hash of all three, so the same prompt has the same id in any run.
+    """
+
+    role: str  # "participant" | "moderator" | "annotator"
+    system: str
+    templates: tuple[tuple[str, str], ...]  # (name, Jinja source)
+
+    @property
+    def id(self) -> str:
+        data = json.dumps([self.role, self.system, self.templates], ensure_ascii=False)
+        return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_id": self.id,
+            "role": self.role,
+            "system": self.system,
+            "templates": [{"name": n, "text": t} for n, t in self.templates],
+        }

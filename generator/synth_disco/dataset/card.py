@@ -63,6 +63,9 @@ ROW_OF = {
     "events": "event of a discussion that is no comment: a moderator's `no_intervention`, a "
     "failed turn, a reply discarded by `quality.regenerate` (`regenerated`)",
     "annotations": "label (comment x annotator x dimension)",
+    "aggregates": "comment x dimension: its labels aggregated (mean, majority, share, count)",
+    "agreement": "dimension: Krippendorff's alpha with a bootstrap 95% interval",
+    "prompts": "distinct prompt (system message and templates) comments and labels point at",
     "personas": "persona of a pool the run used",
 }
 COLUMN_DOCS = {
@@ -106,8 +109,24 @@ COLUMN_DOCS = {
     "annotator_id": "annotator persona id",
     "annotator_persona": "annotator persona description",
     "dimension": "annotation dimension",
-    "label": "the label given",
-    "scores": "probability of each label (method score)",
+    "label": "the label as a number: a scale's value, else its position in the dimension's labels",
+    "label_text": "the label as the annotator gave it",
+    "scores": "probability of each label (method score): the full distribution",
+    "mean": "mean label value (scales of numbers only)",
+    "majority": "most frequent label, coded like `label` (ties: the first listed)",
+    "majority_text": "most frequent label as text",
+    "majority_share": "share of the comment's labels that are the majority label",
+    "n": "number of labels aggregated",
+    "level": "level of measurement alpha was computed at (ordinal or nominal)",
+    "alpha": "Krippendorff's alpha (null when undefined)",
+    "alpha_low": "lower bound of its bootstrap 95% interval (comments resampled)",
+    "alpha_high": "upper bound of its bootstrap 95% interval",
+    "n_items": "comments with at least two labels",
+    "n_labels": "labels counted",
+    "n_annotators": "distinct annotators",
+    "prompt_id": "the prompt this row was generated from (config `prompts`)",
+    "system": "the rendered system message",
+    "templates": "the Jinja templates the user message is rendered from (name, source)",
     "method": "score (label log-probabilities) or generate (parsed answer)",
     "pool": "persona pool name in the recipe",
     "id": "persona id",
@@ -227,7 +246,25 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _column_doc(recipe: Recipe, config: str, column: str) -> str:
+    """What a column of ``config`` holds, for the card's column tables."""
+    if column in recipe.factors:
+        return f"level of the factor `{column}`"
+    dims = recipe.annotation.dimensions if recipe.annotation is not None else {}
+    if config == "annotations" and column in dims:
+        return f"the label on `{column}` (set on its rows only)"
+    if config == "personas" and column not in COLUMN_DOCS:
+        return f"the attribute `{column}` (every persona of the pool has it)"
+    if column == "role" and config == "prompts":
+        return "participant, moderator or annotator"
+    if column == "n_comments" and config == "agreement":
+        return "comments labelled"
+    return COLUMN_DOCS.get(column, "")
+
+
 def _type_name(feature: Any) -> str:
+    if isinstance(feature, datasets.ClassLabel):
+        return "class: " + ", ".join(feature.names)
     if isinstance(feature, datasets.Value):
         return feature.dtype
     if isinstance(feature, datasets.List):
@@ -380,6 +417,7 @@ def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None)
                     }
                     for lab in labels
                 ],
+                "described": any(dim.descriptions.get(lab) for lab in labels),
                 "agreement": (agreement or {}).get(name),
             }
         )
@@ -499,9 +537,7 @@ def card_context(
                 {
                     "name": n,
                     "type": _type_name(f),
-                    "doc": f"level of the factor `{n}`"
-                    if n in recipe.factors
-                    else COLUMN_DOCS.get(n, ""),
+                    "doc": _column_doc(recipe, c, n),
                 }
                 for n, f in features[c].items()
             ],

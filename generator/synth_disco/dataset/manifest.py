@@ -4,8 +4,7 @@
 
     dataset/
       README.md                                   the card (``card.py``)
-      data/<config>/train-00000-of-00002.parquet  configs discussions, comments, events, annotations,
-                                                  personas
+      data/<config>/train-00000-of-00002.parquet  configs: see CONFIGS and dataset/tables.py
       figures/*.png                               drawn from the statistics (``figures.py``)
       synth_disco/recipe.yaml                     the resolved recipe
       synth_disco/manifest.json                   fingerprint, versions, models, checksums, counts, stats
@@ -35,7 +34,16 @@ from synth_disco.store.files import sha256_file
 from synth_disco.store.run_dir import RunStore
 
 SPLIT = "train"
-CONFIGS = ("discussions", "comments", "events", "annotations", "personas")
+CONFIGS = (
+    "discussions",
+    "comments",
+    "events",
+    "annotations",
+    "aggregates",
+    "agreement",
+    "prompts",
+    "personas",
+)
 META_DIR = "synth_disco"
 MANIFEST = f"{META_DIR}/manifest.json"
 RECIPE_COPY = f"{META_DIR}/recipe.yaml"

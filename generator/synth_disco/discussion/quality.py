@@ -860,15 +860,23 @@ def header_stop_strings(turn_template: str) -> list[str]:
 _HEADER_DECORATION = " \t*_[]#>@`\"'\u201c\u201d"
 
 
+_HANDLE = re.compile(r"[\w.-]*[\d_.][\w.-]*")
+
+
 def strip_dangling_header(text: str, names: Sequence[str]) -> str:
-    """``text`` without a last line that is only a participant's name (possibly decorated:
-    "**birch**", "[birch]"): what is left when a header stop string ("\nbirch wrote:\n")
-    cut the reply after the name. Any other last line is kept."""
+    """``text`` without a last line that is only a speaker label: a participant's name
+    (possibly decorated: "**birch**", "[birch]") or a handle-like word ("pk_sondre",
+    "user42": a digit, "_" or "." in one word). That is what is left when a header stop string
+    ("\nbirch wrote:\n") cut the reply after the name; models also invent handles there. Any
+    other last line ("Cheers", "birch is right") is kept. Call it on replies that ended on a
+    stop string only."""
     head, sep, last = text.rstrip().rpartition("\n")
     if not sep:
         return text
-    name = last.strip(_HEADER_DECORATION).casefold()
-    if name and name in {n.casefold() for n in names if n}:
+    label = last.strip(_HEADER_DECORATION)
+    if label and (
+        label.casefold() in {n.casefold() for n in names if n} or _HANDLE.fullmatch(label)
+    ):
         return head.rstrip()
     return text
 

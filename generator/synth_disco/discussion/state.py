@@ -35,6 +35,7 @@ from synth_disco.discussion.prompts import (
     Shown,
     Speaker,
     build_messages,
+    render,
     templates_for,
 )
 from synth_disco.discussion.quality import (
@@ -46,7 +47,7 @@ from synth_disco.discussion.quality import (
 from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
 from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.recipe.schema import DiscussionConfig, ModelConfig, QualitySettings
-from synth_disco.records import Comment, DiscussionSpec, Event
+from synth_disco.records import Comment, DiscussionSpec, Event, Prompt
 from synth_disco.seeds import derive_seed
 
 
@@ -98,6 +99,7 @@ class DiscussionState:
             header_stop_strings(self._templates["turn"]) if self.quality.stop_strings else []
         )
         self._messages: tuple[tuple[str, int], list[dict[str, str]]] | None = None
+        self._prompt_ids: dict[str, str] = {}
 
         self.comments: list[Comment] = []
         self.events: list[Event] = []
@@ -309,6 +311,20 @@ class DiscussionState:
             names.append(self.cfg.moderator.name)
         return list(dict.fromkeys(names))
 
+    def prompt(self, role: str) -> Prompt:
+        """The prompt a ``role`` ("user" or "moderator") speaks from in this discussion."""
+        system = "moderator_system" if role == "moderator" else "system"
+        return Prompt(
+            "moderator" if role == "moderator" else "participant",
+            render(self._templates[system], context=self.cfg.context),
+            (("turn", self._templates["turn"]),),
+        )
+
+    def prompts(self) -> list[Prompt]:
+        """The prompts of this discussion's generated comments, participant's first."""
+        roles = {c.role for c in self.comments[self.n_seed :]}
+        return [self.prompt(r) for r in ("user", "moderator") if r in roles]
+
     def _flags(self, slot: Slot, text: str, finish_reason: str) -> list[str]:
         """The quality flags of the reply ``text`` to ``slot`` (see ``quality.flag_comment``)."""
         cfg = self._quality_config
@@ -361,8 +377,14 @@ class DiscussionState:
             finish_reason=c.finish_reason,
             attempts=self.attempt + 1,
             flags=flags,
+            prompt_id=self._prompt_id(slot.role),
         )
         return {"t": "comment", "d": comment.discussion_id, "slot": slot.key, **comment.to_dict()}
+
+    def _prompt_id(self, role: str) -> str:
+        if role not in self._prompt_ids:  # rendered once per role
+            self._prompt_ids[role] = self.prompt(role).id
+        return self._prompt_ids[role]
 
     def _event_record(
         self, slot: Slot, kind: str, detail: str, raw: str, flags: list[str] | None = None

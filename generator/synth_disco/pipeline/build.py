@@ -280,7 +280,7 @@ def build(
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     if world.is_main:
-                        write_aggregates(store, recipe.annotation)
+                        write_aggregates(store, recipe.annotation, recipe.seed)
         finally:
             engines.close()
 

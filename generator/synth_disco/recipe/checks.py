@@ -40,10 +40,20 @@ from synth_disco.store import schemas
 
 # Factors may change how discussions run and are annotated, not what they draw from.
 PATCHABLE = ("discussion", "models", "annotation", "quality")
-# Each factor becomes a column of plan.parquet and of the dataset's discussions table, so it
-# may not take the name of any of their other columns.
-RESERVED_COLUMNS = frozenset(schemas.plan_schema([]).names) | frozenset(
-    schemas.discussions_schema([]).names
+# Each factor becomes a column of plan.parquet and of the dataset's tables (discussions,
+# comments, events, annotations, aggregates), so it may not take the name of any of their other
+# columns; nor may an annotation dimension, which names a column of the annotations table.
+RESERVED_COLUMNS = frozenset(
+    name
+    for schema in (
+        schemas.plan_schema([]),
+        schemas.discussions_schema([]),
+        schemas.COMMENTS,
+        schemas.EVENTS,
+        schemas.published_annotations({}),
+        schemas.AGGREGATES,
+    )
+    for name in schema.names
 )
 # Validating every cell is exact but costs ~1 ms each; above this many cells, each factor
 # level is validated on its own against the base config instead.
@@ -90,7 +100,7 @@ def check_patch_keys(ck: Checker, data: dict[str, Any]) -> set[tuple[str, str]]:
                 fpath, "factor names must be identifiers (letters, digits, '_'); they name columns"
             )
         elif fname in RESERVED_COLUMNS:
-            ck.add(fpath, f"{fname!r} is a column of every discussion; name the factor otherwise")
+            ck.add(fpath, f"{fname!r} is a column of the dataset; name the factor otherwise")
         if isinstance(levels, dict) and not levels:
             ck.add(fpath, "a factor needs at least one level")
     for fname, lname, patch in _patches(data):
@@ -153,6 +163,13 @@ def check_design(ck: Checker, r: Recipe) -> None:
             ("factors",),
             f"the full factorial has {n_full:,} cells; use design: {{mode: random, cells: N}}",
         )
+    for name in r.annotation.dimensions if r.annotation is not None else ():
+        if name in RESERVED_COLUMNS or name in r.factors:
+            ck.add(
+                ("annotation", "dimensions", name),
+                f"{name!r} is a column of the annotations table (a dimension names one); "
+                "name the dimension otherwise",
+            )
     for name in r.discussion.variants:
         if name == DEFAULT_VARIANT:
             ck.add(
