@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth_disco.annotation.aggregate import AGGREGATE
+from synth_disco.dataset.bundle import Bundle, write_bundle
 from synth_disco.dataset.card import render_card
 from synth_disco.dataset.manifest import (
     MANIFEST,
@@ -470,6 +471,8 @@ def assemble(
     source_files: Mapping[str, str] | None = None,
     out: Path | None = None,
     repo: str | None = None,
+    bundle: Bundle | None = None,
+    recipe_dir: Path | None = None,
 ) -> Path:
     """Assemble the run's finished shards, and its card, into ``out`` (default
     ``run_dir/dataset``).
@@ -478,7 +481,9 @@ def assemble(
     (``Persona`` records or dicts); without it, the discussion participants stand in.
     ``agreement`` is the annotation step's ``{dimension: {"alpha", "level", "n_items"}}``;
     ``source_files`` the recipe's referenced files (relative path -> sha256), recorded in the
-    manifest; ``repo`` the Hub repo the card's examples load from. Returns the dataset folder.
+    manifest; ``repo`` the Hub repo the card's examples load from; ``bundle`` what the folder
+    ships so it can be rebuilt (``bundle.py``), its files read from ``recipe_dir`` (without
+    it, only the recipe as resolved is copied). Returns the dataset folder.
     """
     dest = Path(out) if out is not None else store.dataset_dir
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).exists():
@@ -539,7 +544,13 @@ def assemble(
             source_files=source_files,
         )
         (tmp / META_DIR).mkdir(parents=True, exist_ok=True)
-        (tmp / RECIPE_COPY).write_text(dump_yaml(portable_recipe(raw_recipe)), encoding="utf-8")
+        if bundle is not None:
+            manifest["rebuild"] = bundle.to_manifest()
+            write_bundle(bundle, recipe_dir or Path("."), tmp / META_DIR)
+            copy = bundle.recipe
+        else:
+            copy = portable_recipe(raw_recipe)
+        (tmp / RECIPE_COPY).write_text(dump_yaml(copy), encoding="utf-8")
         (tmp / MANIFEST).write_text(
             json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n",
             encoding="utf-8",
@@ -555,7 +566,13 @@ def assemble(
             existing_readme=existing.read_text(encoding="utf-8") if existing.exists() else None,
             repo=repo,
         )
-        leak = LeakScan.around(store.root).find_in_folder(tmp)
+        scan = LeakScan.around(store.root)
+        leak = scan.find_in_folder(tmp)
+        for shipped in sorted(bundle.files) if bundle is not None and leak is None else ():
+            what = scan.find((tmp / META_DIR / shipped).read_bytes())
+            if what is not None:
+                leak = (f"{META_DIR}/{shipped}", what)
+                break
         if leak is not None:
             raise AssembleError(f"{leak[0]}: contains {leak[1]}; refusing to publish it")
         _fsync_tree(tmp)

@@ -25,6 +25,7 @@ from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.prompts import PromptBuilder, text_value
 from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
 from synth_disco.dataset.assembly import assemble
+from synth_disco.dataset.bundle import make_bundle
 from synth_disco.dataset.manifest import read_manifest, used_pools
 from synth_disco.dataset.stats import quality_summary
 from synth_disco.design.plan import plan as make_plan
@@ -156,7 +157,11 @@ class EngineCache:
 
 # -- the run directory -------------------------------------------------------------------------
 def open_run(
-    loaded: LoadedRecipe, store: RunStore, overrides: list[str], world: World
+    loaded: LoadedRecipe,
+    store: RunStore,
+    overrides: list[str],
+    world: World,
+    confine: Path | None = None,
 ) -> int | None:
     """Create the run directory or check that it belongs to this recipe.
 
@@ -172,7 +177,8 @@ def open_run(
         earlier = [*overrides, f"replicates={old}", f"version={info['version']}"]
         same_but_replicates = (
             recipe.replicates >= old
-            and load_recipe(loaded.path, earlier).fingerprint == info["fingerprint"]
+            and load_recipe(loaded.path, earlier, confine=confine).fingerprint
+            == info["fingerprint"]
         )
         if not same_but_replicates:
             raise RunChangedError(
@@ -215,16 +221,20 @@ def build(
     retry_failed: bool = False,
     engine_loader: Callable[[ModelConfig], Engine] = load_model,
     verbose: bool = False,
+    confine: Path | None = None,
 ) -> BuildReport:
-    """Run (or resume) every step of a recipe into ``out``; see the module docstring."""
+    """Run (or resume) every step of a recipe into ``out``; see the module docstring.
+
+    ``confine``: the recipe may read files inside this folder only (``load_recipe``): how
+    ``rebuild`` runs the recipe a dataset ships."""
     overrides = list(overrides)
-    loaded = load_recipe(recipe_path, overrides)
+    loaded = load_recipe(recipe_path, overrides, confine=confine)
     recipe = loaded.recipe
     store = RunStore(out or default_run_dir(loaded))
     store.check_writable()
     world = detect_world()
     with run_logging(store, world, verbose):
-        extended_from = open_run(loaded, store, overrides, world)
+        extended_from = open_run(loaded, store, overrides, world, confine)
         report = BuildReport(store.root, extended_from=extended_from)
         if extended_from is not None:
             log.info("extending the run from %d to %d replicates", extended_from, recipe.replicates)
@@ -370,6 +380,8 @@ def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
         personas={pool: loaded.personas(pool) for pool in used_pools(loaded.recipe)},
         source_files=loaded.files,
         repo=loaded.recipe.output.hub.repo,
+        bundle=make_bundle(loaded.raw, loaded.files, loaded.text_refs),
+        recipe_dir=loaded.base_dir,
     )
 
 

@@ -33,7 +33,13 @@ from synth_disco.recipe.schema import (
     SourceSpec,
 )
 from synth_disco.recipe.schema_walk import field_names, schema_types, suggest
-from synth_disco.recipe.sources import load_personas, load_posts, source_files
+from synth_disco.recipe.sources import (
+    hub_commit,
+    is_local_hub,
+    load_personas,
+    load_posts,
+    source_files,
+)
 from synth_disco.recipe.templates import TEMPLATE_KINDS, check_template, template_environment
 from synth_disco.records import Persona, Post
 from synth_disco.store import schemas
@@ -208,11 +214,39 @@ def check_sources(
     return personas, posts
 
 
+def pin_hub_sources(ck: Checker, data: dict[str, Any]) -> None:
+    """Resolve every Hub source's ``revision`` to a commit, in ``data`` itself: the commit is
+    then part of the resolved recipe, its fingerprint and the dataset's copy of it, so a
+    resume refuses a pool that changed on the Hub and a rebuild reads the same rows."""
+    pools = data.get("personas") if isinstance(data.get("personas"), dict) else {}
+    sources = [(("personas", p), v) for p, v in pools.items()]
+    sources.append((("posts",), data.get("posts")))
+    for path, value in sources:
+        if not isinstance(value, dict) or not isinstance(value.get("hub"), str):
+            continue
+        try:
+            spec = SourceSpec.model_validate(value)
+            sha = hub_commit(spec, ck.base_dir)
+        except ValidationError:
+            continue  # reported by the recipe's schema check
+        except SourceError as e:
+            ck.add((*path, e.key), e.message)
+            continue
+        if sha is not None:
+            value["revision"] = sha
+
+
 def _load_source(ck: Checker, path: KeyPath, value: Any, load: Any, what: str) -> list[Any] | None:
     try:
         spec = SourceSpec.model_validate(value)
     except ValidationError:
         return None  # reported by the recipe's schema check
+    for key in ("file", "dir", "hub"):
+        ref = getattr(spec, key)
+        refused = ck.outside(ref) if ref is not None else None
+        if refused is not None and (key != "hub" or is_local_hub(spec, ck.base_dir)):
+            ck.add((*path, key), refused)
+            return None
     for f in source_files(spec, ck.base_dir):
         ck.record_file(f)
     try:

@@ -28,6 +28,7 @@ from synth_disco.recipe.checks import (
     check_patch_keys,
     check_sources,
     patch_items,
+    pin_hub_sources,
     references,
 )
 from synth_disco.recipe.factorial import cell_patches, cell_recipe, factor_levels
@@ -46,6 +47,7 @@ class LoadedRecipe:
     ``recipe``: the base config (Text file references replaced by their text); ``raw``: the
     resolved dict it was validated from (JSON-able; overrides applied, pools normalised);
     ``files``: every referenced file (path relative to the recipe -> sha256);
+    ``text_refs``: where in ``raw`` a text was read from a file (key path -> the reference);
     ``fingerprint``: sha256 over ``raw`` and those files.
     """
 
@@ -55,6 +57,7 @@ class LoadedRecipe:
     base_dir: Path
     fingerprint: str
     files: dict[str, str] = field(default_factory=dict)
+    text_refs: dict[KeyPath, str] = field(default_factory=dict)
     _personas: dict[str, list[Persona]] = field(default_factory=dict, repr=False)
     _posts: list[Post] | None = field(default=None, repr=False)
     _cells: dict[tuple[tuple[str, str], ...], Recipe] = field(default_factory=dict, repr=False)
@@ -116,10 +119,20 @@ def fingerprint_of(raw: dict[str, Any], files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> LoadedRecipe:
-    """Read, resolve and validate a recipe. Raises ``RecipeError`` listing every problem."""
+def load_recipe(
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    confine: str | os.PathLike[str] | None = None,
+) -> LoadedRecipe:
+    """Read, resolve and validate a recipe. Raises ``RecipeError`` listing every problem.
+
+    ``confine`` (a folder): the recipe may read files inside it only, and name models by Hub
+    id or built-in name only (``rebuild`` loads a downloaded dataset's recipe this way: it
+    is not trusted).
+    """
     path = Path(path)
-    ck = Checker(path)
+    ck = Checker(path, Path(confine) if confine is not None else None)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "not found"
         raise RecipeError([Problem(ck.file, None, None, "", f"recipe file {what}")])
@@ -157,6 +170,7 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
             patch = data["factors"][fname][lname]
             patch[key] = ck.resolve_texts(patch[key], schema_types(kp), mp)
 
+    pin_hub_sources(ck, data)
     recipe: Recipe | None = None
     try:
         recipe = Recipe.model_validate(data)
@@ -185,9 +199,18 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     )
     check_design(ck, recipe)
     check_cells(ck, recipe, data, sizes, loaded.cell_recipe, bad_levels)
+    if ck.confine is not None:
+        for key, model in recipe.models.items():
+            if model.model.startswith(("/", "./", "../", "~")) or "\\" in model.model:
+                ck.add(
+                    ("models", key, "model"),
+                    f"{model.model!r} is a local path: a recipe being rebuilt names models by "
+                    "Hub id or built-in name only",
+                )
     if ck.problems:
         raise RecipeError(ck.sorted_problems())
     loaded.files = dict(sorted(ck.files.items()))
+    loaded.text_refs = dict(ck.text_refs)
     loaded.fingerprint = fingerprint_of(data, loaded.files)
     return loaded
 
