@@ -109,14 +109,67 @@ def test_body_sections(folder: Path) -> None:
         "| `3` | severe | 4 | 33.3% |",  # label distribution
         "**0.410** over 12 comments with two or more labels.",  # agreement
         "2.40 / 0 / 3",  # comments per discussion
-        "pip install synth-disco==",
-        "synth-disco build synth_disco/recipe.yaml",
+        "synth-disco rebuild org/unit-test@v1.2.0 --out rebuilt",
         "fp-abc",
         "| datasets | " + datasets.__version__,
         "Limitations and intended use",
         "@misc{unit_test_1_2_0",
     ):
         assert needle in body, needle
+
+
+def test_header_says_how_the_data_was_made_and_from_what(folder: Path) -> None:
+    data = DatasetCard.load(folder / "README.md").data.to_dict()
+    assert data["annotations_creators"] == ["machine-generated"]
+    assert data["language_creators"] == ["machine-generated"]
+    assert data["source_datasets"] == ["original"]  # no Hub sources in this recipe
+
+
+def test_citation_has_authors_and_the_year_the_run_started(tmp_path: Path) -> None:
+    store = make_run(tmp_path / "run")
+    store.write_run({"name": "unit-test", "version": "1.2.0", "fingerprint": "fp",
+                     "replicates": 2, "created": "2031-05-06T07:08:09Z", "history": []})  # fmt: skip
+    recipe, raw = make_recipe(output={"authors": ["Ada Lovelace", "Alan Turing"]})
+    folder = assemble(store, recipe, raw, "fp", repo="org/unit-test")
+    text = (folder / "README.md").read_text()
+    bib = text[text.index("```bibtex") :]
+    assert "author = {Ada Lovelace and Alan Turing}," in bib
+    assert "year = {2031}," in bib
+    recipe, raw = make_recipe()  # no authors: the Hub organisation, as one name
+    folder = assemble(store, recipe, raw, "fp", repo="org/unit-test")
+    assert "author = {{org}}," in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("install", "command", "note"),
+    [
+        ({"kind": "index", "version": "0.1.0"}, "pip install synth-disco==0.1.0", ""),
+        (
+            {"kind": "git", "commit": "c0ffee", "dirty": False, "url": "https://git.example/sd"},
+            'pip install "synth-disco @ git+https://git.example/sd@c0ffee"',
+            "at commit `c0ffee` (not from PyPI)",
+        ),
+        (
+            {"kind": "git", "commit": "c0ffee", "dirty": True, "url": None},
+            'pip install "git+<the synth-disco repository>@c0ffee"',
+            "uncommitted changes",
+        ),
+    ],
+)
+def test_the_card_says_how_to_install_the_exact_version(install, command, note) -> None:
+    from synth_disco.dataset.card import _install
+
+    got = _install({"install": install}, "0.1.0")
+    assert got["command"] == command and note in got["note"]
+
+
+def test_only_public_repository_urls_reach_a_card() -> None:
+    from synth_disco.dataset.manifest import _public_url
+
+    assert _public_url("https://user:secret@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert _public_url("git@github.com:o/r.git") == "git@github.com:o/r.git"
+    assert _public_url("/home/me/src/synth-disco") is None
+    assert _public_url("file:///home/me/src") is None
 
 
 def test_figure_is_a_png_referenced_from_the_card(folder: Path) -> None:

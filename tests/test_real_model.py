@@ -11,10 +11,10 @@ calls of ``engines/hf/load.py``, and the build runs with that engine through
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,8 @@ def smollm2_loader(monkeypatch_module):
         gguf = ensure_smollm2()
     except BuiltinModelError as e:
         pytest.skip(str(e))
-    load = sys.modules["synth_disco.engines.hf.load"]
+    # (the package's `load` attribute is its registry entry point, a function: go by module)
+    load = importlib.import_module("synth_disco.engines.hf.load")
     monkeypatch_module.setattr(load, "AutoTokenizer", _GGUF(transformers.AutoTokenizer, gguf))
     monkeypatch_module.setattr(
         load, "AutoModelForCausalLM", _GGUF(transformers.AutoModelForCausalLM, gguf)

@@ -201,10 +201,14 @@ def card_header(
     tags += [t for t in recipe.output.tags if t not in tags]
     tasks = ["text-generation"] + (["text-classification"] if "annotations" in configs else [])
     comments = manifest["counts"].get("comments", 0)
+    hub_sources = [s.hub for s in (*recipe.personas.values(), recipe.posts) if s.hub]
     return {
         "pretty_name": recipe.output.pretty_name or recipe.name,
         "license": recipe.license,
         "language": list(recipe.output.language),
+        "annotations_creators": ["machine-generated"],
+        "language_creators": ["machine-generated"],
+        "source_datasets": ["original", *(f"extended|{h}" for h in dict.fromkeys(hub_sources))],
         "tags": tags,
         "task_categories": tasks,
         "size_categories": [size_category(comments)],
@@ -492,18 +496,72 @@ def _generation(g: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in g.items() if v not in ([], None))
 
 
-def _citation(recipe: Recipe, repo: str, package_version: str) -> str:
+def _bibtex_escape(text: str) -> str:
+    return re.sub(r"([&%$#_{}])", r"\\\1", text)
+
+
+def _citation(recipe: Recipe, repo: str, package_version: str, year: str | None) -> str:
+    """The recipe's own BibTeX, else one for the dataset: its authors (``output.authors``,
+    else the Hub namespace it is published under, as an organisation) and the year the run
+    was started."""
     if recipe.output.citation:
         return recipe.output.citation.strip()
     key = re.sub(r"[^A-Za-z0-9]+", "_", f"{recipe.name}_{recipe.version}").strip("_")
-    title = recipe.output.pretty_name or recipe.name
-    return (
-        f"@misc{{{key},\n"
-        f"  title = {{{{{title}}}: synthetic online discussions (version {recipe.version})}},\n"
-        f"  howpublished = {{\\url{{https://huggingface.co/datasets/{repo}}}}},\n"
+    title = _bibtex_escape(recipe.output.pretty_name or recipe.name)
+    if recipe.output.authors:
+        author = " and ".join(_bibtex_escape(a) for a in recipe.output.authors)
+    else:
+        author = "{" + _bibtex_escape(repo.split("/")[0]) + "}"  # braces: an organisation
+    lines = [
+        f"@misc{{{key},",
+        f"  author = {{{author}}},",
+        f"  title = {{{{{title}}}: synthetic online discussions (version {recipe.version})}},",
+    ]
+    if year:
+        lines.append(f"  year = {{{year}}},")
+    lines += [
+        f"  howpublished = {{\\url{{https://huggingface.co/datasets/{repo}}}}},",
         f"  note = {{Generated with synth-disco {package_version} from the recipe "
-        f"{recipe.name}}}\n}}"
+        f"{_bibtex_escape(recipe.name)}}}",
+        "}",
+    ]
+    return "\n".join(lines)
+
+
+def _rebuild_context(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the folder ships for ``rebuild`` (None for a folder made before it did)."""
+    shipped = manifest.get("rebuild")
+    if not shipped:
+        return None
+    return {
+        "files": sorted(shipped["files"]),
+        "fingerprint": shipped["fingerprint"],
+        "relocated": sorted(shipped["relocated"].items()),
+    }
+
+
+def _install(manifest: Mapping[str, Any], package_version: str) -> dict[str, str]:
+    """How to install the synth-disco that made the dataset: a command, and a note."""
+    source = manifest.get("install") or {"kind": "index"}
+    if source.get("kind") != "git":
+        return {"command": f"pip install synth-disco=={package_version}", "note": ""}
+    commit = source["commit"]
+    dirty = (
+        " The build ran with uncommitted changes to that commit, which are not recorded."
+        if source.get("dirty")
+        else ""
     )
+    if source.get("url"):
+        return {
+            "command": f'pip install "synth-disco @ git+{source["url"]}@{commit}"',
+            "note": f"synth-disco {package_version} at commit `{commit}` (not from PyPI)." + dirty,
+        }
+    return {
+        "command": f'pip install "git+<the synth-disco repository>@{commit}"',
+        "note": f"synth-disco {package_version} at commit `{commit}`, installed from a checkout "
+        "with no public remote recorded: install that commit from the synth-disco repository."
+        + dirty,
+    }
 
 
 def _level_rank(recipe: Recipe, factor: str, level: str) -> tuple[int, str]:
@@ -636,7 +694,9 @@ def card_context(
         "by_level": by_level,
         "figures": figures,
         "versions": sorted(versions.items()),
-        "citation": _citation(recipe, repo, package_version),
+        "citation": _citation(recipe, repo, package_version, (manifest.get("created") or "")[:4]),
+        "install": _install(manifest, package_version),
+        "rebuild": _rebuild_context(manifest),
     }
 
 

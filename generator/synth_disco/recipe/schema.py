@@ -330,7 +330,8 @@ class OutputConfig(Strict):
     language: list[str] = Field(default_factory=lambda: ["en"])
     tags: list[str] = Field(default_factory=list)
     pretty_name: str | None = None
-    citation: str | None = None
+    authors: list[str] = Field(default_factory=list)  # the card's BibTeX author list
+    citation: str | None = None  # BibTeX replacing the generated one
     hub: HubOutput = Field(default_factory=HubOutput)
 
 
