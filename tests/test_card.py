@@ -118,6 +118,15 @@ def test_body_sections(folder: Path) -> None:
         assert needle in body, needle
 
 
+def test_a_meaning_column_only_when_labels_have_descriptions(folder: Path) -> None:
+    text = (folder / "README.md").read_text()
+    toxicity = text[text.index("### `toxicity`") : text.index("### `stance`")]
+    stance = text[text.index("### `stance`") : text.index("## Statistics")]
+    assert "| label | meaning | count | share |" in toxicity  # "1": none, "3": severe
+    assert "| label | count | share |" in stance and "meaning" not in stance
+    assert "| `pro` | 12 | 100.0% |" in stance
+
+
 def test_header_says_how_the_data_was_made_and_from_what(folder: Path) -> None:
     data = DatasetCard.load(folder / "README.md").data.to_dict()
     assert data["annotations_creators"] == ["machine-generated"]
