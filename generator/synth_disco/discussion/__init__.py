@@ -1,3 +1,4 @@
 """How one discussion unfolds: who speaks (``policies``), when the moderator does
 (``moderation``), what each speaker is shown (``prompts`` and ``templates/``), how a reply is
-cleaned (``cleaning``), and the state machine that runs it (``state``)."""
+cleaned (``cleaning``), which comments are broken and how (``quality``), and the state machine
+that runs it (``state``)."""
