@@ -242,3 +242,17 @@ def test_export_writes_syndisco_logs_that_syndisco_readers_read(run, tmp_path):
     assert len(imported.discussions) == len(discussions) and not imported.skipped
     got = sorted((c.author, c.text) for c in imported.comments)
     assert got == sorted((c["author"], c["text"]) for c in comments)
+
+
+def test_a_downloaded_template_renders_in_the_sandbox(run, tmp_path):
+    folder = _copy(run, tmp_path)
+    _edit_recipe(
+        folder,
+        "discussion:\n  model: main\n",
+        "discussion:\n  model: main\n  templates:\n"
+        "    system: \"{{ ''.__class__.__mro__[1].__subclasses__() }}\"\n",
+    )
+    result = CliRunner().invoke(main, ["rebuild", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "discussion.templates.system" in result.output and "unsafe" in result.output
+    assert not (tmp_path / "out").exists()
