@@ -614,6 +614,8 @@ def test_aggregate_mean_majority_and_agreement(tmp_path):
     assert agreement["stance"] == {
         "alpha": 1.0, "level": "nominal", "n_items": 2, "n_comments": 2, "n_labels": 4,
         "n_annotators": 2,
+        # two comments: half the resamples hold one comment only, where alpha is undefined
+        "alpha_low": None, "alpha_high": None, "bootstrap_samples": 0,
     }  # fmt: skip
     assert agreement["toxicity"]["level"] == "ordinal" and agreement["toxicity"]["n_items"] == 2
     # Ordinal alpha by hand. Unit c1 has 1,2,2 (weight 1/(3-1)), c2 has 5,4 (weight 1):

@@ -62,7 +62,16 @@ def test_header_parses_with_huggingface_hub(folder: Path) -> None:
     assert data["size_categories"] == ["n<1K"]
     assert data["pretty_name"] == "unit-test"
     configs = {c["config_name"]: c for c in data["configs"]}
-    assert list(configs) == ["discussions", "comments", "annotations", "personas"]
+    # events: the failed turn; agreement: the dimension with figures; no aggregates or prompts
+    # (the hand-made shards have none): configs without rows are left out
+    assert list(configs) == [
+        "discussions",
+        "comments",
+        "events",
+        "annotations",
+        "agreement",
+        "personas",
+    ]
     assert configs["discussions"]["default"] is True
     assert configs["comments"]["data_files"] == [
         {"split": "train", "path": "data/comments/train-*"}
@@ -75,7 +84,9 @@ def test_datasets_reads_configs_and_infos_from_the_card(folder: Path) -> None:
     assert datasets.get_dataset_config_names(str(folder)) == [
         "discussions",
         "comments",
+        "events",
         "annotations",
+        "agreement",
         "personas",
     ]
     builder = datasets.load_dataset_builder(str(folder), "annotations")
@@ -96,16 +107,78 @@ def test_body_sections(folder: Path) -> None:
         "| `troll` | 30% | Provoke. |",  # variants with shares
         "cc0-1.0",  # persona source licence
         "| `3` | severe | 4 | 33.3% |",  # label distribution
-        "**0.410** over 12 items",  # agreement
+        "**0.410** over 12 comments with two or more labels.",  # agreement
         "2.40 / 0 / 3",  # comments per discussion
-        "pip install synth-disco==",
-        "synth-disco build synth_disco/recipe.yaml",
+        "synth-disco rebuild org/unit-test@v1.2.0 --out rebuilt",
         "fp-abc",
         "| datasets | " + datasets.__version__,
         "Limitations and intended use",
         "@misc{unit_test_1_2_0",
     ):
         assert needle in body, needle
+
+
+def test_a_meaning_column_only_when_labels_have_descriptions(folder: Path) -> None:
+    text = (folder / "README.md").read_text()
+    toxicity = text[text.index("### `toxicity`") : text.index("### `stance`")]
+    stance = text[text.index("### `stance`") : text.index("## Statistics")]
+    assert "| label | meaning | count | share |" in toxicity  # "1": none, "3": severe
+    assert "| label | count | share |" in stance and "meaning" not in stance
+    assert "| `pro` | 12 | 100.0% |" in stance
+
+
+def test_header_says_how_the_data_was_made_and_from_what(folder: Path) -> None:
+    data = DatasetCard.load(folder / "README.md").data.to_dict()
+    assert data["annotations_creators"] == ["machine-generated"]
+    assert data["language_creators"] == ["machine-generated"]
+    assert data["source_datasets"] == ["original"]  # no Hub sources in this recipe
+
+
+def test_citation_has_authors_and_the_year_the_run_started(tmp_path: Path) -> None:
+    store = make_run(tmp_path / "run")
+    store.write_run({"name": "unit-test", "version": "1.2.0", "fingerprint": "fp",
+                     "replicates": 2, "created": "2031-05-06T07:08:09Z", "history": []})  # fmt: skip
+    recipe, raw = make_recipe(output={"authors": ["Ada Lovelace", "Alan Turing"]})
+    folder = assemble(store, recipe, raw, "fp", repo="org/unit-test")
+    text = (folder / "README.md").read_text()
+    bib = text[text.index("```bibtex") :]
+    assert "author = {Ada Lovelace and Alan Turing}," in bib
+    assert "year = {2031}," in bib
+    recipe, raw = make_recipe()  # no authors: the Hub organisation, as one name
+    folder = assemble(store, recipe, raw, "fp", repo="org/unit-test")
+    assert "author = {{org}}," in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("install", "command", "note"),
+    [
+        ({"kind": "index", "version": "0.1.0"}, "pip install synth-disco==0.1.0", ""),
+        (
+            {"kind": "git", "commit": "c0ffee", "dirty": False, "url": "https://git.example/sd"},
+            'pip install "synth-disco @ git+https://git.example/sd@c0ffee"',
+            "at commit `c0ffee` (not from PyPI)",
+        ),
+        (
+            {"kind": "git", "commit": "c0ffee", "dirty": True, "url": None},
+            'pip install "git+<the synth-disco repository>@c0ffee"',
+            "uncommitted changes",
+        ),
+    ],
+)
+def test_the_card_says_how_to_install_the_exact_version(install, command, note) -> None:
+    from synth_disco.dataset.card import _install
+
+    got = _install({"install": install}, "0.1.0")
+    assert got["command"] == command and note in got["note"]
+
+
+def test_only_public_repository_urls_reach_a_card() -> None:
+    from synth_disco.dataset.manifest import _public_url
+
+    assert _public_url("https://user:secret@github.com/o/r.git") == "https://github.com/o/r.git"
+    assert _public_url("git@github.com:o/r.git") == "git@github.com:o/r.git"
+    assert _public_url("/home/me/src/synth-disco") is None
+    assert _public_url("file:///home/me/src") is None
 
 
 def test_figure_is_a_png_referenced_from_the_card(folder: Path) -> None:
@@ -149,7 +222,12 @@ def test_card_without_factors_or_annotations(tmp_path: Path) -> None:
     recipe, raw = make_recipe(annotate=False, output={"max_rows_per_file": 100})
     folder = assemble(store, recipe, raw, "fp")
     figures = sorted(p.name for p in (folder / "figures").iterdir())
-    assert figures == ["comment_length_by_moderation.png", "comment_length_by_tone.png"]
+    assert figures == [
+        "comment_length_by_moderation.png",
+        "comment_length_by_tone.png",
+        "quality_by_moderation.png",
+        "quality_by_tone.png",
+    ]
     data = DatasetCard.load(folder / "README.md").data.to_dict()
     assert data["task_categories"] == ["text-generation"]
     assert "annotations" not in {c["config_name"] for c in data["configs"]}
@@ -165,7 +243,10 @@ def test_stale_figures_are_removed(tmp_path: Path) -> None:
     manifest = read_manifest(folder)
     stats = {**manifest["stats"], "by_level": {}}
     render_card(folder, recipe2.model_copy(update={"factors": {}}), "fp", stats, manifest=manifest)
-    assert sorted(p.name for p in (folder / "figures").iterdir()) == ["labels_overall.png"]
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == [
+        "labels_overall.png",
+        "quality_overall.png",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -257,14 +257,15 @@ def test_each_config_loads_with_its_rows_and_features(built) -> None:
         ds = datasets.load_dataset(str(folder), config, split="train")
         assert ds.num_rows == rows, config
     comments = datasets.load_dataset(str(folder), "comments", split="train")
-    assert comments.features["prompt_tokens"] == datasets.Value("int32")
+    # token counts have the discussions table's type (one type per column name)
+    assert comments.features["prompt_tokens"] == datasets.Value("int64")
     disc = datasets.load_dataset(str(folder), "discussions", split="train")
     assert isinstance(disc.features["participants"], datasets.List)
     assert disc.features["participants"].feature["persona"]["name"] == datasets.Value("string")
     assert disc.features["moderator"]["k"] == datasets.Value("int32")
     assert sorted(set(disc["moderation"])) == ["none", "strict"]
     ann = datasets.load_dataset(str(folder), "annotations", split="train")
-    assert ann[0]["scores"] == [{"label": ann[0]["label"], "prob": 0.9}]
+    assert ann[0]["scores"] == [{"label": ann[0]["label_text"], "prob": 0.9}]
     personas = datasets.load_dataset(str(folder), "personas", split="train")
     assert sorted(set(personas["pool"])) == ["annotators", "users"]
     assert personas.filter(lambda r: r["id"] == "u1")[0]["fields"] == [
@@ -309,7 +310,9 @@ def test_manifest_records_checksums_counts_and_versions(built) -> None:
     assert manifest["counts"] == {
         "discussions": 5,
         "comments": 17,
+        "events": 1,  # the failed turn
         "annotations": 24,
+        "agreement": 1,
         "personas": 5,
     }
     assert manifest["versions"]["datasets"] == datasets.__version__
@@ -491,3 +494,36 @@ def test_a_folder_that_would_leak_is_refused_and_the_old_one_kept(built) -> None
     with pytest.raises(AssembleError, match="README.md: contains the absolute local path"):
         assemble(store, recipe, raw, "fp")
     assert [p.name for p in store.root.iterdir() if p.name.startswith(".dataset")] == []
+
+
+def test_events_are_published_with_their_discussions_design(tmp_path: Path) -> None:
+    """`no_intervention` moderator events (and every other event) are a config of their own,
+    placed in the design like comments (issue 15)."""
+    store = make_run(tmp_path / "run", annotate=False)
+    passed = {
+        "discussion_id": "d0001",
+        "index": 2,
+        "kind": "no_intervention",
+        "author": "Mod",
+        "detail": "",
+        "raw_text": "NO INTERVENTION",
+        "attempt": 1,
+        "flags": [],
+    }
+    info = store.done_shards("discuss")[0]
+    tables = {t: store.read_shard("discuss", 0, t) for t in info.files}
+    tables["events"] = pa.Table.from_pylist([passed], schema=schemas.EVENTS)
+    store.finish_shard("discuss", 0, tables, info.counts, info.members)
+    recipe, raw = make_recipe(annotate=False)
+    folder = assemble(store, recipe, raw, "fp")
+    events = datasets.load_dataset(str(folder), "events", split="train").to_list()
+    by_kind = {e["kind"]: e for e in events}
+    assert set(by_kind) == {"no_intervention", "failed_turn"}
+    e = by_kind["no_intervention"]
+    assert (e["discussion_id"], e["moderation"], e["tone"], e["replicate"]) == (
+        "d0001",
+        "strict",
+        "calm",
+        0,
+    )
+    assert e["cell_id"] == "moderation=strict,tone=calm" and e["raw_text"] == "NO INTERVENTION"

@@ -580,7 +580,12 @@ def test_annotation_decodes_with_its_own_model_config_on_a_shared_engine(
     # The annotation model's settings, fitted to a one-line answer (at most 24 tokens, "\n"
     # stops); the discussions use the smoke recipe's model (24 tokens at temperature 0.9).
     annotation = SamplingParams(max_new_tokens=12, temperature=0.3, stop=("\n",))
-    discussion = SamplingParams(max_new_tokens=24, temperature=0.9)
+    # (with the stop strings a turn ends at: the turn template's comment headers, issue 15)
+    from synth_disco.discussion.prompts import builtin_template
+    from synth_disco.discussion.quality import header_stop_strings
+
+    stops = tuple(header_stop_strings(builtin_template("turn.j2")))
+    discussion = SamplingParams(max_new_tokens=24, temperature=0.9, stop=stops)
     expected = {annotation, discussion} if first == "discussion" else {annotation}
     assert params == expected
 

@@ -480,6 +480,14 @@ def _column_names() -> list[str]:
     from synth_disco.store import schemas
 
     names = [*schemas.discussions_schema([]).names, *schemas.plan_schema([]).names]
+    # Factor columns are on the comments, events, annotations and aggregates tables too.
+    for schema in (
+        schemas.COMMENTS,
+        schemas.EVENTS,
+        schemas.published_annotations({}),
+        schemas.AGGREGATES,
+    ):
+        names += schema.names
     return list(dict.fromkeys(names))
 
 
@@ -496,13 +504,25 @@ def test_factor_named_like_a_discussions_column_is_refused_at_its_line(
 
 @pytest.mark.parametrize("name", _column_names())
 def test_every_column_a_factor_joins_is_reserved(tmp_path: Path, name: str) -> None:
-    """Factors become columns of plan.parquet and of the discussions table: every other column
-    of theirs (read from the table schemas, not a copy) is refused as a factor name."""
+    """Factors become columns of plan.parquet and of the dataset's per-discussion tables: every
+    other column of theirs (read from the table schemas, not a copy) is refused as a factor
+    name."""
     with pytest.raises(RecipeError) as err:
         load_recipe(write_study(tmp_path / "s", with_lines(l19=f"  {name}:")))
     (problem,) = [p for p in err.value.problems if p.key_path == f"factors.{name}"]
     assert (problem.line, problem.column) == (19, 3)
     assert "column" in problem.message
+
+
+@pytest.mark.parametrize("name", ["label", "text", "moderation"])
+def test_a_dimension_named_like_an_annotations_column_is_refused(tmp_path: Path, name: str) -> None:
+    """Each dimension names a typed column of the annotations table (issue 15)."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(
+            write_study(tmp_path / "s", with_lines(l29=f"    {name}: {{scale: [1, 2, 3]}}"))
+        )
+    (problem,) = [p for p in err.value.problems if p.key_path == f"annotation.dimensions.{name}"]
+    assert problem.line == 29 and "column of the annotations table" in problem.message
 
 
 def test_key_paths_take_list_items_with_dots_or_brackets(study: Path) -> None:

@@ -106,6 +106,27 @@ def test_killed_mid_discussion_resumes_to_the_same_text(decoding, request, tmp_p
     assert_same_dataset(out, ref)
 
 
+# Every truncated reply asked once more (nearly all of the tiny model's are): the journal holds
+# `regenerated` events between comments, and a kill can fall between two attempts of a turn.
+REGENERATE = ("--set", "quality.regenerate=1", "--set", "quality.regenerate_on=[truncated]")
+
+
+def test_killed_while_regenerating_resumes_to_the_same_dataset(tmp_path_factory, tmp_path):
+    ref = tmp_path_factory.mktemp("regenerate") / "run"
+    assert build(ref, *REGENERATE).returncode == 0
+    out = tmp_path / "run"
+    for kill_at in ("discuss.step:3", "discuss.step:4"):
+        killed = build(out, *REGENERATE, kill_at=kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    journal = b"".join(p.read_bytes() for p in (out / "journal" / "discuss").glob("*.jsonl"))
+    assert b'"kind":"regenerated"' in journal
+    assert build(out, *REGENERATE).returncode == 0
+    assert_same_dataset(out, ref)
+    events = sorted(rows(out, "events"), key=lambda r: (r["discussion_id"], r["index"]))
+    assert events == sorted(rows(ref, "events"), key=lambda r: (r["discussion_id"], r["index"]))
+    assert any(e["kind"] == "regenerated" for e in events)
+
+
 def test_finished_run_does_nothing_on_rerun(reference):
     before = {p: p.stat().st_mtime_ns for p in (reference / "shards").rglob("*.parquet")}
     again = build(reference)

@@ -359,6 +359,67 @@ def annotate(data: Path, recipe: Path, overrides: tuple[str, ...], out: Path | N
 
 
 # ---------------------------------------------------------------------------------------------
+# rebuild, export
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory for the rebuilt run (a Hub SOURCE is downloaded into OUT/source).",
+)
+@click.option("--revision", help="For a Hub SOURCE: the tag, branch or commit (or SOURCE@TAG).")
+@click.option("-v", "--verbose", is_flag=True, help="Print debug detail too.")
+@cli_errors()
+def rebuild(source: str, out: Path, revision: str | None, verbose: bool) -> None:
+    """Re-create the run of a dataset from the dataset alone, and compare its data files.
+
+    SOURCE is a dataset folder, or a Hub dataset (ORG/NAME, ORG/NAME@v1.0.0). Its recipe is not
+    trusted: it may read only files inside the dataset folder."""
+    from synth_disco.pipeline.rebuild import rebuild as run_rebuild
+
+    folder = Path(source)
+    if not folder.is_dir():
+        from synth_disco.hub.pull import pull_folder
+
+        repo, _, tag = source.partition("@")
+        folder = pull_folder(repo, revision or tag or None, out / "source")
+        click.echo(f"downloaded {repo}{'@' + (revision or tag) if revision or tag else ''}")
+    report = run_rebuild(folder, out, verbose=verbose)
+    click.echo(f"fingerprint: {report.fingerprint[:12]} (as recorded)")
+    n = len(report.identical) + len(report.differing) + len(report.missing)
+    click.echo(f"data files: {len(report.identical)} of {n} identical to the shipped ones")
+    for label, paths in (
+        ("differs", report.differing),
+        ("not made", report.missing),
+        ("new", report.extra),
+    ):
+        for rel in paths:
+            click.echo(f"  {label}: {rel}")
+    if report.build.dataset_dir is not None:
+        click.echo(f"dataset: {report.build.dataset_dir.as_posix()}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["syndisco"]), required=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the files (default: RUN_DIR/export-FORMAT).",
+)
+@cli_errors()
+def export(run_dir: Path, fmt: str, out: Path | None) -> None:
+    """Write RUN_DIR's dataset in another tool's format (syndisco: SynDisco's JSON logs)."""
+    from synth_disco.dataset.export import export as run_export
+
+    folder, files = run_export(run_dir, fmt, out)
+    click.echo(f"wrote {len(files)} files to {folder.as_posix()}")
+
+
+# ---------------------------------------------------------------------------------------------
 # card, push
 
 

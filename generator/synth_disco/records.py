@@ -6,7 +6,9 @@ one that was written, and ``to_dict`` gives the row that goes into parquet.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -115,6 +117,8 @@ class Comment:
     completion_tokens: int = 0
     finish_reason: str | None = None
     attempts: int = 1
+    flags: list[str] = field(default_factory=list)  # quality flags (discussion/quality.py)
+    prompt_id: str | None = None  # the Prompt it was generated from (None for the OP, seeds)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)
@@ -145,10 +149,38 @@ class Event:
 
     discussion_id: str
     index: int  # the comment index at which it happened
-    kind: str  # "no_intervention" | "failed_turn"
+    kind: str  # "no_intervention" | "failed_turn" | "regenerated"
     author: str
     detail: str = ""
     raw_text: str = ""
+    attempt: int = 1  # which attempt of the turn this was (1 = the first)
+    flags: list[str] = field(default_factory=list)  # "regenerated": the flags it raised
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # flat record: a shallow copy is the row (asdict is slow)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a comment or a label was generated from, as the ``prompts`` config publishes it:
+    the rendered system message and the template sources of the user message (which is
+    rendered from them with the row's own context: the comments before it, the speaker or the
+    annotator). ``id`` is a hash of all three, so the same prompt has the same id in any run.
+    """
+
+    role: str  # "participant" | "moderator" | "annotator"
+    system: str
+    templates: tuple[tuple[str, str], ...]  # (name, Jinja source)
+
+    @property
+    def id(self) -> str:
+        data = json.dumps([self.role, self.system, self.templates], ensure_ascii=False)
+        return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_id": self.id,
+            "role": self.role,
+            "system": self.system,
+            "templates": [{"name": n, "text": t} for n, t in self.templates],
+        }

@@ -4,7 +4,11 @@ Only labels with status "ok" count. The mean is given for ordinal scales whose l
 numbers; the majority label breaks ties by label order (lowest / first listed), and
 ``majority_share`` says how clear it was. Agreement is Krippendorff's alpha at the
 dimension's level of measurement (ordinal for scales, nominal for categories), over the
-comments that at least two annotators labelled.
+comments that at least two annotators labelled, with a 95% percentile bootstrap interval over
+comments (1,000 resamples, seeded by the run seed and the dimension).
+
+The annotators are personas played by one model: their agreement measures how consistently
+that model labels under different persona prompts, not agreement between independent people.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth_disco.annotation.agreement import krippendorff_alpha
+from synth_disco.annotation.agreement import bootstrap_interval, krippendorff_alpha
 from synth_disco.annotation.tasks import STAGE
 from synth_disco.recipe.schema import AnnotationConfig
+from synth_disco.seeds import derive_seed
 from synth_disco.store.files import atomic_write_parquet
 from synth_disco.store.run_dir import RunStore
 
@@ -61,10 +66,18 @@ def _numeric_labels(labels: list[str]) -> list[float] | None:
         return None
 
 
+BOOTSTRAP_SAMPLES = 1000
+
+
 def aggregate(
-    annotations: pa.Table | Iterable[Any], cfg: AnnotationConfig
+    annotations: pa.Table | Iterable[Any],
+    cfg: AnnotationConfig,
+    seed: int = 0,
+    *,
+    interval: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Per (comment, dimension) rows and ``{dimension: {alpha, level, n_items, ...}}``."""
+    """Per (comment, dimension) rows and ``{dimension: {alpha, alpha_low, alpha_high, level,
+    n_items, ...}}``; ``interval=False`` skips the bootstrap (the bounds are None)."""
     by_item: dict[tuple[str, str], dict[str, Any]] = {}
     for r in _rows(annotations):
         if r.get("status", "ok") != "ok" or r.get("label") is None:
@@ -114,8 +127,20 @@ def aggregate(
             )
             units.append(values)
         alpha = krippendorff_alpha(units, level, labels) if units else None
+        ci = None
+        if interval and alpha is not None:
+            ci = bootstrap_interval(
+                units,
+                level,
+                labels,
+                samples=BOOTSTRAP_SAMPLES,
+                seed=derive_seed(seed, "agreement", dim),
+            )
         agreement[dim] = {
             "alpha": None if alpha is None else round(alpha, 6),
+            "alpha_low": None if ci is None else round(ci[0], 6),
+            "alpha_high": None if ci is None else round(ci[1], 6),
+            "bootstrap_samples": BOOTSTRAP_SAMPLES if ci is not None else 0,
             "level": level,
             "n_items": sum(len(u) >= 2 for u in units),
             "n_comments": len(units),
@@ -125,7 +150,9 @@ def aggregate(
     return rows, agreement
 
 
-def write_aggregates(store: RunStore, cfg: AnnotationConfig) -> dict[str, dict[str, Any]]:
+def write_aggregates(
+    store: RunStore, cfg: AnnotationConfig, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Aggregate every finished annotate shard into the run's aggregate and agreement files.
 
     Returns the agreement dict (also written to ``agreement.json``, for the dataset card).
@@ -133,7 +160,7 @@ def write_aggregates(store: RunStore, cfg: AnnotationConfig) -> dict[str, dict[s
     files = store.shard_files(STAGE, "annotations")
     parts = [pq.read_table(f) for f in files]
     table = pa.concat_tables(parts) if parts else pa.table({})
-    rows, agreement = aggregate(table if parts else [], cfg)
+    rows, agreement = aggregate(table if parts else [], cfg, seed)
     atomic_write_parquet(store.root / AGGREGATE_FILE, pa.Table.from_pylist(rows, schema=AGGREGATE))
     store.write_text(
         store.root / AGREEMENT_FILE, json.dumps(agreement, indent=2, sort_keys=True) + "\n"

@@ -96,6 +96,52 @@ def krippendorff_alpha(
     return 1.0 - d_o / d_e
 
 
+def bootstrap_interval(
+    units: Iterable[Sequence[Hashable]],
+    level: Level = "nominal",
+    values: Sequence[Hashable] | None = None,
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float] | None:
+    """A percentile bootstrap interval for alpha: the units (comments) are resampled with
+    replacement ``samples`` times, alpha computed on each, and the central ``confidence``
+    share of those alphas kept. None when fewer than half the resamples give a defined alpha.
+
+    Resampling units, not single labels, keeps each comment's labels together, as the
+    reliability data were collected. ``seed`` makes the interval reproducible.
+    """
+    units = [list(u) for u in units if len(u) >= 2]
+    if len(units) < 2:
+        return None
+    if values is None:
+        seen = {v for u in units for v in u}
+        values = sorted(seen, key=lambda v: (float(v), str(v)) if _numeric(v) else (np.inf, str(v)))
+    index = {v: i for i, v in enumerate(values)}
+    counts = np.zeros((len(units), len(values)))
+    for row, unit in enumerate(units):
+        for v in unit:
+            counts[row, index[v]] += 1
+    weights = 1.0 / (counts.sum(axis=1) - 1)
+    gen = np.random.default_rng(seed)
+    alphas = []
+    for picks in gen.multinomial(len(units), np.full(len(units), 1 / len(units)), size=samples):
+        w = weights * picks  # each unit as often as it was drawn
+        o = (counts * w[:, None]).T @ counts - np.diag(w @ counts)
+        n_c = o.sum(axis=1)
+        n = n_c.sum()
+        d2 = difference(level, values, n_c)
+        d_e = float((np.outer(n_c, n_c) * d2).sum()) / (n * (n - 1))
+        if d_e > 0:
+            alphas.append(1.0 - (float((o * d2).sum()) / n) / d_e)
+    if len(alphas) < samples / 2:
+        return None
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(alphas, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def alpha_from_matrix(
     matrix: Sequence[Sequence[Hashable | None]],
     level: Level = "nominal",

@@ -233,5 +233,5 @@ def annotate_existing(
             "%d annotate shard(s) are held by another process; re-run when it has finished",
             result.shards_skipped,
         )
-    write_aggregates(store, cfg)
+    write_aggregates(store, cfg, recipe.seed)
     return out

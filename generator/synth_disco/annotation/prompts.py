@@ -26,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from synth_disco.annotation.tasks import Task
 from synth_disco.recipe.schema import AnnotationConfig, Dimension
+from synth_disco.records import Prompt
 
 TEMPLATES = files("synth_disco.annotation") / "templates"
 
@@ -114,6 +115,10 @@ class PromptBuilder:
         self._dimensions = {
             name: self._dimension_vars(name, dim) for name, dim in cfg.dimensions.items()
         }
+        # What every label of this run is made from (the ``prompts`` config's row).
+        self.prompt = Prompt(
+            "annotator", self.system_text, tuple(templates_used(cfg, user_template).items())
+        )
 
     @staticmethod
     def _dimension_vars(name: str, dim: Dimension) -> dict[str, Any]:

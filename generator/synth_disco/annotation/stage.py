@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from synth_disco.annotation.aggregate import AGGREGATE, aggregate
 from synth_disco.annotation.parse import parse_answer
 from synth_disco.annotation.prompts import PromptBuilder
 from synth_disco.annotation.tasks import STAGE, Task, build_tasks, count_tasks
@@ -35,7 +36,7 @@ from synth_disco.engines.base import (
 from synth_disco.faults import crash_point
 from synth_disco.progress import Progress
 from synth_disco.recipe.schema import AnnotationConfig
-from synth_disco.records import Persona
+from synth_disco.records import Persona, Prompt
 from synth_disco.seeds import derive_seed
 from synth_disco.store import schemas
 from synth_disco.store.run_dir import RunStore
@@ -256,8 +257,11 @@ def _journal_record(
     }
 
 
-def annotation_row(task: Task, record: dict[str, Any], model_name: str) -> dict[str, Any]:
-    """The ``annotations`` table row of a finished task, from its journal record."""
+def annotation_row(
+    task: Task, record: dict[str, Any], model_name: str, prompt_id: str | None = None
+) -> dict[str, Any]:
+    """The ``annotations`` table row of a finished task, from its journal record;
+    ``prompt_id`` names the prompt it was made from (``PromptBuilder.prompt``)."""
     raw = record.get("raw") or ""
     if record["status"] != "ok" and not raw and record.get("error"):
         raw = f"[error] {record['error']}"  # no text came back: keep why it failed
@@ -274,6 +278,7 @@ def annotation_row(task: Task, record: dict[str, Any], model_name: str) -> dict[
         "model": model_name,
         "status": record["status"],
         "attempts": int(record.get("attempts", 1)),
+        "prompt_id": prompt_id,
     }
 
 
@@ -405,7 +410,7 @@ def run_annotation_stage(
                 ):
                     result.stopped = True
                     break
-                _finish(store, shard, tasks, members, digest, model_name)
+                _finish(store, shard, tasks, cfg, members, digest, model_name, prompts.prompt)
                 result.shards_done += 1
                 tracker.shard_done()
     finally:
@@ -489,12 +494,14 @@ def _finish(
     store: RunStore,
     shard: int,
     tasks: list[Task],
+    cfg: AnnotationConfig,
     members: list[str],
     digest: int,
     model_name: str,
+    prompt: Prompt,
 ) -> None:
     records = _replay(store, shard, tasks)
-    rows = [annotation_row(t, records[t.id], model_name) for t in tasks]
+    rows = [annotation_row(t, records[t.id], model_name, prompt.id) for t in tasks]
     table = schemas.from_rows(rows, schemas.ANNOTATIONS)
     n_failed = sum(r["status"] != "ok" for r in rows)
     counts = {
@@ -505,5 +512,12 @@ def _finish(
         "task_digest": digest,
     }
     crash_point("annotate.finish")
-    store.finish_shard(STAGE, shard, {"annotations": table}, counts, members=members)
+    # Every label of a comment is in this shard, so its aggregates are too.
+    aggregates, _ = aggregate(table, cfg, interval=False)
+    tables = {
+        "annotations": table,
+        "aggregates": schemas.from_rows(aggregates, AGGREGATE),
+        "prompts": schemas.from_rows([prompt.to_dict()], schemas.PROMPTS),
+    }
+    store.finish_shard(STAGE, shard, tables, counts, members=members)
     log.debug("annotate shard %d: %d labels (%d failed)", shard, len(rows), n_failed)

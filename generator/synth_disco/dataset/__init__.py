@@ -5,10 +5,14 @@ Modules, bottom to top:
 - ``portable``: local paths made portable, and the one leak scan (also used by ``hub.push``)
 - ``manifest``: the folder's layout, the manifest, ``AssembleError``
 - ``stats``: the statistics the card shows, folded while assembling
+- ``tables``: the published tables shaped for analysis (design columns, typed labels and
+  persona attributes, one type per column name)
+- ``bundle``: what the folder ships so it can be rebuilt (the recipe copy, the files read)
 - ``readme``: the one merge of a generated card into an existing README (also used by ``hub``)
 - ``figures``: the card's figures, drawn from the statistics
 - ``card``: the card's context, rendering and re-rendering; ``templates/dataset_card.md.j2``
 - ``assembly``: the streaming writer and ``assemble``, which ends by rendering the card
+- ``export``: an assembled folder in other tools' formats (SynDisco's JSON logs)
 
 The names below are the public surface. They are imported on first use, so that ``hub``, which
 needs only ``readme`` and ``portable``, does not load pyarrow, ``datasets`` and matplotlib.

@@ -22,11 +22,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from synth_disco.annotation.aggregate import AGGREGATE
+from synth_disco.dataset.bundle import Bundle, write_bundle
 from synth_disco.dataset.card import render_card
 from synth_disco.dataset.manifest import (
     MANIFEST,
@@ -40,12 +41,26 @@ from synth_disco.dataset.manifest import (
 )
 from synth_disco.dataset.portable import LeakScan, portable_model_id, portable_recipe, scrub_pairs
 from synth_disco.dataset.stats import StatsCollector
+from synth_disco.dataset.tables import (
+    DesignMap,
+    LabelCoding,
+    agreement_rows,
+    coded_aggregates,
+    coded_annotations,
+    config_features,
+    design_map,
+    label_codings,
+    typed_personas,
+    with_design,
+)
 from synth_disco.recipe.schema import Recipe
 from synth_disco.store import schemas as table_schemas
 from synth_disco.store.files import fsync_dir, sha256_file
 from synth_disco.store.run_dir import RunStore
 
 READ_BATCH_ROWS = 4096
+# Configs published only when they have rows.
+OPTIONAL = frozenset({"events", "aggregates", "agreement", "prompts"})
 ROW_GROUP_ROWS = 10_000  # small enough for the Hub's viewer, large enough to compress well
 ROW_GROUP_BYTES = 32 << 20  # the write buffer's bound, whatever the row size
 # The same content-defined chunking `datasets` uses, so a new version that adds rows shares
@@ -55,8 +70,13 @@ CDC_OPTIONS = {"min_chunk_size": 256 * 1024, "max_chunk_size": 1024 * 1024, "nor
 # -- schemas ---------------------------------------------------------------------------------
 
 
-def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
-    """The arrow schema of every config, from ``store/schemas.py``."""
+def config_schemas(
+    factors: list[str],
+    codings: Mapping[str, LabelCoding] | None = None,
+    persona_columns: Mapping[str, pa.DataType] | None = None,
+) -> dict[str, pa.Schema]:
+    """The arrow schema of every config (``tables.config_features``), with the ``datasets``
+    features in its metadata (``ClassLabel`` columns included)."""
     discussions = table_schemas.discussions_schema(factors)
     clashes = sorted({n for n in discussions.names if discussions.names.count(n) > 1})
     if clashes:
@@ -64,12 +84,8 @@ def config_schemas(factors: list[str]) -> dict[str, pa.Schema]:
             f"factor name(s) {', '.join(clashes)} clash with columns of the discussions table: "
             "rename the factor(s) in the recipe"
         )
-    return {
-        "discussions": discussions,
-        "comments": table_schemas.COMMENTS,
-        "annotations": table_schemas.ANNOTATIONS,
-        "personas": table_schemas.PERSONAS,
-    }
+    features = config_features(factors, codings or {}, persona_columns or {})
+    return {name: f.arrow_schema for name, f in features.items()}
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -240,15 +256,39 @@ def _shard_paths(store: RunStore, stage: str) -> dict[int, dict[str, Path]]:
     }
 
 
-def _cell_map(path: Path | None, factors: list[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+def _design_of(path: Path | None, factors: list[str]) -> DesignMap:
+    """The design columns of one discussions shard file's discussions."""
     if path is None:
         return {}
-    t = pq.read_table(path, columns=["discussion_id", "cell_id", *factors])
-    ids, cells = t["discussion_id"].to_pylist(), t["cell_id"].to_pylist()
-    levels = (
-        list(zip(*(t[f].to_pylist() for f in factors), strict=True)) if factors else [()] * len(ids)
+    return design_map(
+        pq.read_table(path, columns=["discussion_id", "cell_id", "replicate", *factors]), factors
     )
-    return {d: (c, tuple(x or "" for x in lv)) for d, c, lv in zip(ids, cells, levels, strict=True)}
+
+
+def _cells_of(design: DesignMap) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The (cell_id, levels) view of a design map the statistics fold labels with."""
+    return {d: (c, tuple(x or "" for x in lv)) for d, (c, lv, _) in design.items()}
+
+
+class _ShardDesign:
+    """The design map for a shard of annotations: its discuss shard's discussions (annotation
+    shards cover the discussions of the discuss shard with their number); a map of every
+    discussion is built only if that ever fails to hold."""
+
+    def __init__(self, discuss: Mapping[int, Mapping[str, Path]], factors: list[str]):
+        self.discuss = discuss
+        self.factors = factors
+        self._all: DesignMap | None = None
+
+    def covering(self, shard: int, ids: Iterable[str]) -> DesignMap:
+        design = _design_of(self.discuss.get(shard, {}).get("discussions"), self.factors)
+        if set(ids) <= design.keys():
+            return design
+        if self._all is None:
+            self._all = {}
+            for _, p in sorted(self.discuss.items()):
+                self._all.update(_design_of(p.get("discussions"), self.factors))
+        return self._all
 
 
 def _persona_rows(
@@ -327,77 +367,97 @@ def _write_discuss(
     max_rows: int,
     scrub: Sequence[tuple[str, str]],
 ) -> list[ConfigFiles]:
-    """The discussions and comments configs, shard by shard, folding their statistics."""
-    disc_paths = [p["discussions"] for _, p in sorted(discuss.items()) if "discussions" in p]
-    comm_paths = [p["comments"] for _, p in sorted(discuss.items()) if "comments" in p]
-    w_disc = _ConfigWriter(
-        tmp, "discussions", schemas["discussions"], _rows_in(disc_paths), max_rows
-    )
-    w_comm = _ConfigWriter(tmp, "comments", schemas["comments"], _rows_in(comm_paths), max_rows)
+    """The discussions, comments and events configs, shard by shard, folding their
+    statistics; comments and events get their discussion's design columns."""
+    factors = stats.factors
+    paths_of = lambda table: [p[table] for _, p in sorted(discuss.items()) if table in p]  # noqa: E731
+    writers = {
+        name: _ConfigWriter(tmp, name, schemas[name], _rows_in(paths_of(name)), max_rows)
+        for name in ("discussions", "comments", "events")
+    }
     for shard in sorted(discuss):
         paths = discuss[shard]
-        cells: dict[str, tuple[str, tuple[str, ...]]] = {}
+        design: DesignMap = {}
         ids: list[str] = []
         if "discussions" in paths:
             for batch in _read_batches(paths["discussions"], schemas["discussions"], scrub):
-                cells.update(stats.add_discussions(pa.Table.from_batches([batch])))
+                table = pa.Table.from_batches([batch])
+                stats.add_discussions(table)
+                design.update(design_map(table, factors))
                 ids.extend(batch.column("discussion_id").to_pylist())
-                w_disc.write(batch)
-        counts: Counter[str] = Counter()
-        if "comments" in paths:
-            for batch in _read_batches(paths["comments"], schemas["comments"], scrub):
-                stats.add_comments(batch, cells, counts)
-                w_comm.write(batch)
-        if "events" in paths:
+                writers["discussions"].write(batch)
+        cells = _cells_of(design)
+        if "events" in paths:  # before the comments: see StatsCollector.add_events
             for batch in _read_batches(paths["events"], table_schemas.EVENTS, scrub):
                 stats.add_events(batch)
+                writers["events"].write(with_design(batch, design, factors, schemas["events"]))
+        counts: Counter[str] = Counter()
+        if "comments" in paths:
+            for batch in _read_batches(paths["comments"], table_schemas.COMMENTS, scrub):
+                stats.add_comments(batch, cells, counts)
+                writers["comments"].write(with_design(batch, design, factors, schemas["comments"]))
         stats.end_shard(ids, counts)
-    return [w_disc.close(), w_comm.close()]
+    return [w.close() for w in writers.values()]
 
 
 def _write_annotations(
     tmp: Path,
     annotate: Mapping[int, Mapping[str, Path]],
     discuss: Mapping[int, Mapping[str, Path]],
-    schema: pa.Schema,
+    schemas: Mapping[str, pa.Schema],
+    codings: Mapping[str, LabelCoding],
     stats: StatsCollector,
     max_rows: int,
     scrub: Sequence[tuple[str, str]],
-) -> ConfigFiles:
-    """The annotations config; each label is counted under its discussion's factor levels."""
+) -> list[ConfigFiles]:
+    """The annotations config (each label counted under its discussion's factor levels) and,
+    from the shards that have them, the aggregates config; both coded (``tables.py``)."""
     factors = stats.factors
-    ann_paths = [p["annotations"] for _, p in sorted(annotate.items()) if "annotations" in p]
-    w_ann = _ConfigWriter(tmp, "annotations", schema, _rows_in(ann_paths), max_rows)
-    global_cells: dict[str, tuple[str, tuple[str, ...]]] | None = None
-    for shard in sorted(annotate):
-        if "annotations" not in annotate[shard]:
+    designs = _ShardDesign(discuss, factors)
+    out = []
+    for table, shard_schema in (
+        ("annotations", table_schemas.ANNOTATIONS),
+        ("aggregates", AGGREGATE),
+    ):
+        paths = [p[table] for _, p in sorted(annotate.items()) if table in p]
+        if not paths:
             continue
-        # Annotation shards cover the discussions of the discuss shard with their number;
-        # a global map is built only if that ever fails to hold.
-        cells = _cell_map(discuss.get(shard, {}).get("discussions"), factors)
-        for batch in _read_batches(annotate[shard]["annotations"], schema, scrub):
-            ids_here = set(batch.column("discussion_id").to_pylist())
-            if not ids_here <= cells.keys():
-                if global_cells is None:
-                    global_cells = {}
-                    for _, p in sorted(discuss.items()):
-                        if "discussions" in p:
-                            global_cells.update(_cell_map(p["discussions"], factors))
-                cells = global_cells
-            stats.add_annotations(batch, cells)
-            w_ann.write(batch)
-    return w_ann.close()
+        writer = _ConfigWriter(tmp, table, schemas[table], _rows_in(paths), max_rows)
+        code = coded_annotations if table == "annotations" else coded_aggregates
+        for shard in sorted(annotate):
+            if table not in annotate[shard]:
+                continue
+            for batch in _read_batches(annotate[shard][table], shard_schema, scrub):
+                design = designs.covering(shard, batch.column("discussion_id").to_pylist())
+                if table == "annotations":
+                    stats.add_annotations(batch, _cells_of(design))
+                writer.write(code(batch, design, factors, codings, schemas[table]))
+        out.append(writer.close())
+    return out
 
 
-def _write_personas(
-    tmp: Path, rows: list[dict[str, Any]], schema: pa.Schema, max_rows: int
+def _write_rows(
+    tmp: Path, name: str, rows: list[dict[str, Any]], schema: pa.Schema, max_rows: int
 ) -> ConfigFiles:
-    w_per = _ConfigWriter(tmp, "personas", schema, len(rows), max_rows)
+    """A config from rows already in memory (small: prompts, agreement, personas)."""
+    writer = _ConfigWriter(tmp, name, schema, len(rows), max_rows)
     for start in range(0, len(rows), READ_BATCH_ROWS):
-        w_per.write(
+        writer.write(
             pa.RecordBatch.from_pylist(rows[start : start + READ_BATCH_ROWS], schema=schema)
         )
-    return w_per.close()
+    return writer.close()
+
+
+def _prompt_rows(*stages: Mapping[int, Mapping[str, Path]]) -> list[dict[str, Any]]:
+    """Every distinct prompt of the shards, participants' first, then by id."""
+    rows: dict[str, dict[str, Any]] = {}
+    for shards in stages:
+        for _, paths in sorted(shards.items()):
+            if "prompts" in paths:
+                for row in pq.read_table(paths["prompts"]).to_pylist():
+                    rows.setdefault(row["prompt_id"], row)
+    rank = {"participant": 0, "moderator": 1, "annotator": 2}
+    return sorted(rows.values(), key=lambda r: (rank.get(r["role"], 3), r["prompt_id"]))
 
 
 def assemble(
@@ -411,6 +471,8 @@ def assemble(
     source_files: Mapping[str, str] | None = None,
     out: Path | None = None,
     repo: str | None = None,
+    bundle: Bundle | None = None,
+    recipe_dir: Path | None = None,
 ) -> Path:
     """Assemble the run's finished shards, and its card, into ``out`` (default
     ``run_dir/dataset``).
@@ -419,7 +481,9 @@ def assemble(
     (``Persona`` records or dicts); without it, the discussion participants stand in.
     ``agreement`` is the annotation step's ``{dimension: {"alpha", "level", "n_items"}}``;
     ``source_files`` the recipe's referenced files (relative path -> sha256), recorded in the
-    manifest; ``repo`` the Hub repo the card's examples load from. Returns the dataset folder.
+    manifest; ``repo`` the Hub repo the card's examples load from; ``bundle`` what the folder
+    ships so it can be rebuilt (``bundle.py``), its files read from ``recipe_dir`` (without
+    it, only the recipe as resolved is copied). Returns the dataset folder.
     """
     dest = Path(out) if out is not None else store.dataset_dir
     if dest.exists() and any(dest.iterdir()) and not (dest / MANIFEST).exists():
@@ -431,10 +495,12 @@ def assemble(
         raise AssembleError("no finished shards to assemble: run `synth-disco build` first")
     annotate = _shard_paths(store, "annotate")
     factors = list(recipe.factors)
-    schemas = {
-        k: datasets.Features.from_arrow_schema(s).arrow_schema
-        for k, s in config_schemas(factors).items()
-    }
+    codings = label_codings(recipe.annotation)
+    disc_paths = [p["discussions"] for _, p in sorted(discuss.items()) if "discussions" in p]
+    persona_columns, persona_rows = typed_personas(
+        _persona_rows(personas, recipe.discussion.persona_pool, disc_paths)
+    )
+    schemas = config_schemas(factors, codings, persona_columns)
     max_rows = recipe.output.max_rows_per_file
     scrub = scrub_pairs(store.root)
     dims = {
@@ -448,16 +514,23 @@ def assemble(
     try:
         stats = StatsCollector(factors, dims)
         written = _write_discuss(tmp, discuss, schemas, stats, max_rows, scrub)
-        if any("annotations" in p for p in annotate.values()):
-            written.append(
-                _write_annotations(
-                    tmp, annotate, discuss, schemas["annotations"], stats, max_rows, scrub
-                )
-            )
-        disc_paths = [p["discussions"] for _, p in sorted(discuss.items()) if "discussions" in p]
-        rows = _persona_rows(personas, recipe.discussion.persona_pool, disc_paths)
-        written.append(_write_personas(tmp, rows, schemas["personas"], max_rows))
+        written += _write_annotations(
+            tmp, annotate, discuss, schemas, codings, stats, max_rows, scrub
+        )
+        if agreement:
+            rows = agreement_rows(agreement)
+            written.append(_write_rows(tmp, "agreement", rows, schemas["agreement"], max_rows))
+        rows = _prompt_rows(discuss, annotate)
+        written.append(_write_rows(tmp, "prompts", rows, schemas["prompts"], max_rows))
+        written.append(_write_rows(tmp, "personas", persona_rows, schemas["personas"], max_rows))
 
+        # A config without rows (no events, no aggregates) is left out: `datasets` cannot
+        # load an empty split, and the card lists only what loads.
+        for empty in [c for c in written if not c.num_examples and c.name in OPTIONAL]:
+            for rel in empty.files:
+                (tmp / rel).unlink()
+                (tmp / rel).parent.rmdir()
+            written.remove(empty)
         stats_dict = stats.to_dict()
         manifest = build_manifest(
             recipe,
@@ -471,7 +544,13 @@ def assemble(
             source_files=source_files,
         )
         (tmp / META_DIR).mkdir(parents=True, exist_ok=True)
-        (tmp / RECIPE_COPY).write_text(dump_yaml(portable_recipe(raw_recipe)), encoding="utf-8")
+        if bundle is not None:
+            manifest["rebuild"] = bundle.to_manifest()
+            write_bundle(bundle, recipe_dir or Path("."), tmp / META_DIR)
+            copy = bundle.recipe
+        else:
+            copy = portable_recipe(raw_recipe)
+        (tmp / RECIPE_COPY).write_text(dump_yaml(copy), encoding="utf-8")
         (tmp / MANIFEST).write_text(
             json.dumps(manifest, indent=1, sort_keys=False, ensure_ascii=False) + "\n",
             encoding="utf-8",
@@ -487,7 +566,13 @@ def assemble(
             existing_readme=existing.read_text(encoding="utf-8") if existing.exists() else None,
             repo=repo,
         )
-        leak = LeakScan.around(store.root).find_in_folder(tmp)
+        scan = LeakScan.around(store.root)
+        leak = scan.find_in_folder(tmp)
+        for shipped in sorted(bundle.files) if bundle is not None and leak is None else ():
+            what = scan.find((tmp / META_DIR / shipped).read_bytes())
+            if what is not None:
+                leak = (f"{META_DIR}/{shipped}", what)
+                break
         if leak is not None:
             raise AssembleError(f"{leak[0]}: contains {leak[1]}; refusing to publish it")
         _fsync_tree(tmp)

@@ -36,7 +36,9 @@ from synth_disco.dataset.manifest import (
 )
 from synth_disco.dataset.portable import portable_model_id, portable_recipe
 from synth_disco.dataset.readme import card_text, merge_readme
+from synth_disco.dataset.stats import ANY_FLAG
 from synth_disco.discussion.prompts import templates_used as discussion_templates
+from synth_disco.discussion.quality import flag_docs
 from synth_disco.discussion.structures import describe as describe_structure
 from synth_disco.discussion.structures import diagram as structure_diagram
 from synth_disco.recipe.factorial import cell_discussions
@@ -61,7 +63,12 @@ SIZE_BUCKETS = (
 ROW_OF = {
     "discussions": "discussion",
     "comments": "comment (including the original post and seed comments)",
+    "events": "event of a discussion that is no comment: a moderator's `no_intervention`, a "
+    "failed turn, a reply discarded by `quality.regenerate` (`regenerated`)",
     "annotations": "label (comment x annotator x dimension)",
+    "aggregates": "comment x dimension: its labels aggregated (mean, majority, share, count)",
+    "agreement": "dimension: Krippendorff's alpha with a bootstrap 95% interval",
+    "prompts": "distinct prompt (system message and templates) comments and labels point at",
     "personas": "persona of a pool the run used",
 }
 COLUMN_DOCS = {
@@ -105,14 +112,32 @@ COLUMN_DOCS = {
     "text": "the comment, cleaned of echoed prefixes and quotes",
     "raw_text": "the model output before cleaning",
     "finish_reason": "stop, length, eos or error",
-    "attempts": "generation attempts (retries after empty outputs)",
-    "kind": "event kind",
-    "detail": "event detail",
+    "attempts": "generation attempts: retries after empty replies and `quality.regenerate` ones",
+    "kind": "no_intervention, failed_turn or regenerated",
+    "detail": "failed_turn: why; regenerated: the flags that discarded the reply",
+    "attempt": "which attempt of the turn the event belongs to (1 = the first)",
+    "flags": "quality flags (see Quality flags under Statistics)",
     "annotator_id": "annotator persona id",
     "annotator_persona": "annotator persona description",
     "dimension": "annotation dimension",
-    "label": "the label given",
-    "scores": "probability of each label (method score)",
+    "label": "the label as a number: a scale's value, else its position in the dimension's labels",
+    "label_text": "the label as the annotator gave it",
+    "scores": "probability of each label (method score): the full distribution",
+    "mean": "mean label value (scales of numbers only)",
+    "majority": "most frequent label, coded like `label` (ties: the first listed)",
+    "majority_text": "most frequent label as text",
+    "majority_share": "share of the comment's labels that are the majority label",
+    "n": "number of labels aggregated",
+    "level": "level of measurement alpha was computed at (ordinal or nominal)",
+    "alpha": "Krippendorff's alpha (null when undefined)",
+    "alpha_low": "lower bound of its bootstrap 95% interval (comments resampled)",
+    "alpha_high": "upper bound of its bootstrap 95% interval",
+    "n_items": "comments with at least two labels",
+    "n_labels": "labels counted",
+    "n_annotators": "distinct annotators",
+    "prompt_id": "the prompt this row was generated from (config `prompts`)",
+    "system": "the rendered system message",
+    "templates": "the Jinja templates the user message is rendered from (name, source)",
     "method": "score (label log-probabilities) or generate (parsed answer)",
     "pool": "persona pool name in the recipe",
     "id": "persona id",
@@ -187,10 +212,14 @@ def card_header(
     tags += [t for t in recipe.output.tags if t not in tags]
     tasks = ["text-generation"] + (["text-classification"] if "annotations" in configs else [])
     comments = manifest["counts"].get("comments", 0)
+    hub_sources = [s.hub for s in (*recipe.personas.values(), recipe.posts) if s.hub]
     return {
         "pretty_name": recipe.output.pretty_name or recipe.name,
         "license": recipe.license,
         "language": list(recipe.output.language),
+        "annotations_creators": ["machine-generated"],
+        "language_creators": ["machine-generated"],
+        "source_datasets": ["original", *(f"extended|{h}" for h in dict.fromkeys(hub_sources))],
         "tags": tags,
         "task_categories": tasks,
         "size_categories": [size_category(comments)],
@@ -232,7 +261,25 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _column_doc(recipe: Recipe, config: str, column: str) -> str:
+    """What a column of ``config`` holds, for the card's column tables."""
+    if column in recipe.factors:
+        return f"level of the factor `{column}`"
+    dims = recipe.annotation.dimensions if recipe.annotation is not None else {}
+    if config == "annotations" and column in dims:
+        return f"the label on `{column}` (set on its rows only)"
+    if config == "personas" and column not in COLUMN_DOCS:
+        return f"the attribute `{column}` (every persona of the pool has it)"
+    if column == "role" and config == "prompts":
+        return "participant, moderator or annotator"
+    if column == "n_comments" and config == "agreement":
+        return "comments labelled"
+    return COLUMN_DOCS.get(column, "")
+
+
 def _type_name(feature: Any) -> str:
+    if isinstance(feature, datasets.ClassLabel):
+        return "class: " + ", ".join(feature.names)
     if isinstance(feature, datasets.Value):
         return feature.dtype
     if isinstance(feature, datasets.List):
@@ -401,6 +448,7 @@ def _annotation(recipe: Recipe, stats: Any, agreement: Mapping[str, Any] | None)
                     }
                     for lab in labels
                 ],
+                "described": any(dim.descriptions.get(lab) for lab in labels),
                 "agreement": (agreement or {}).get(name),
             }
         )
@@ -454,22 +502,126 @@ def _structures(recipe: Recipe) -> list[dict[str, str]]:
     return out
 
 
+def _rate(q: Mapping[str, Any], flag: str, regenerated: bool) -> str:
+    """A flag's share of a group's generated comments ("12.5%"; "30.0% -> 12.5%" when turns
+    were regenerated: before, then as published)."""
+    n = q["comments"]
+    if not n:
+        return ""
+    now = f"{q['published'].get(flag, 0) / n:.1%}"
+    if not regenerated:
+        return now
+    return f"{q['first_attempt'].get(flag, 0) / n:.1%} -> {now}"
+
+
+def _quality(recipe: Recipe, stats: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The card's quality section: each flag's meaning and its rates, overall and per level."""
+    q = stats.get("quality")
+    if not q or not q["comments"]:
+        return None
+    config = recipe.quality.config()
+    docs = flag_docs(config)
+    regenerated = q.get("regenerated_replies", 0) > 0
+    groups = [("all", q)] + [
+        (f"{f} = {lv}", levels[lv]["quality"])
+        for f, levels in stats["by_level"].items()
+        for lv in sorted(levels, key=lambda lv, f=f: _level_rank(recipe, f, lv))
+        if levels[lv].get("quality", {}).get("comments")
+    ]
+    rows = [
+        {"flag": f, "meaning": docs[f], "rates": [_rate(g, f, regenerated) for _, g in groups]}
+        for f in config.enabled
+    ]
+    rows.append(
+        {
+            "flag": ANY_FLAG,
+            "meaning": "The comment raises at least one of the flags above.",
+            "rates": [_rate(g, ANY_FLAG, regenerated) for _, g in groups],
+        }
+    )
+    return {
+        "comments": q["comments"],
+        "groups": [{"name": name, "n": g["comments"]} for name, g in groups],
+        "rows": rows,
+        "regenerate": recipe.quality.regenerate,
+        "regenerate_on": list(recipe.quality.regenerate_flags),
+        "regenerated": regenerated,
+        "regenerated_turns": q.get("regenerated_turns", 0),
+        "regenerated_replies": q.get("regenerated_replies", 0),
+        "stop_strings": recipe.quality.stop_strings,
+    }
+
+
 def _generation(g: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in g.items() if v not in ([], None))
 
 
-def _citation(recipe: Recipe, repo: str, package_version: str) -> str:
+def _bibtex_escape(text: str) -> str:
+    return re.sub(r"([&%$#_{}])", r"\\\1", text)
+
+
+def _citation(recipe: Recipe, repo: str, package_version: str, year: str | None) -> str:
+    """The recipe's own BibTeX, else one for the dataset: its authors (``output.authors``,
+    else the Hub namespace it is published under, as an organisation) and the year the run
+    was started."""
     if recipe.output.citation:
         return recipe.output.citation.strip()
     key = re.sub(r"[^A-Za-z0-9]+", "_", f"{recipe.name}_{recipe.version}").strip("_")
-    title = recipe.output.pretty_name or recipe.name
-    return (
-        f"@misc{{{key},\n"
-        f"  title = {{{{{title}}}: synthetic online discussions (version {recipe.version})}},\n"
-        f"  howpublished = {{\\url{{https://huggingface.co/datasets/{repo}}}}},\n"
+    title = _bibtex_escape(recipe.output.pretty_name or recipe.name)
+    if recipe.output.authors:
+        author = " and ".join(_bibtex_escape(a) for a in recipe.output.authors)
+    else:
+        author = "{" + _bibtex_escape(repo.split("/")[0]) + "}"  # braces: an organisation
+    lines = [
+        f"@misc{{{key},",
+        f"  author = {{{author}}},",
+        f"  title = {{{{{title}}}: synthetic online discussions (version {recipe.version})}},",
+    ]
+    if year:
+        lines.append(f"  year = {{{year}}},")
+    lines += [
+        f"  howpublished = {{\\url{{https://huggingface.co/datasets/{repo}}}}},",
         f"  note = {{Generated with synth-disco {package_version} from the recipe "
-        f"{recipe.name}}}\n}}"
+        f"{_bibtex_escape(recipe.name)}}}",
+        "}",
+    ]
+    return "\n".join(lines)
+
+
+def _rebuild_context(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the folder ships for ``rebuild`` (None for a folder made before it did)."""
+    shipped = manifest.get("rebuild")
+    if not shipped:
+        return None
+    return {
+        "files": sorted(shipped["files"]),
+        "fingerprint": shipped["fingerprint"],
+        "relocated": sorted(shipped["relocated"].items()),
+    }
+
+
+def _install(manifest: Mapping[str, Any], package_version: str) -> dict[str, str]:
+    """How to install the synth-disco that made the dataset: a command, and a note."""
+    source = manifest.get("install") or {"kind": "index"}
+    if source.get("kind") != "git":
+        return {"command": f"pip install synth-disco=={package_version}", "note": ""}
+    commit = source["commit"]
+    dirty = (
+        " The build ran with uncommitted changes to that commit, which are not recorded."
+        if source.get("dirty")
+        else ""
     )
+    if source.get("url"):
+        return {
+            "command": f'pip install "synth-disco @ git+{source["url"]}@{commit}"',
+            "note": f"synth-disco {package_version} at commit `{commit}` (not from PyPI)." + dirty,
+        }
+    return {
+        "command": f'pip install "git+<the synth-disco repository>@{commit}"',
+        "note": f"synth-disco {package_version} at commit `{commit}`, installed from a checkout "
+        "with no public remote recorded: install that commit from the synth-disco repository."
+        + dirty,
+    }
 
 
 def _level_rank(recipe: Recipe, factor: str, level: str) -> tuple[int, str]:
@@ -503,9 +655,7 @@ def card_context(
                 {
                     "name": n,
                     "type": _type_name(f),
-                    "doc": f"level of the factor `{n}`"
-                    if n in recipe.factors
-                    else COLUMN_DOCS.get(n, ""),
+                    "doc": _column_doc(recipe, c, n),
                 }
                 for n, f in features[c].items()
             ],
@@ -603,6 +753,7 @@ def card_context(
         ],
         "sources": _sources(recipe, dataset_dir, manifest, stats),
         "annotation": _annotation(recipe, stats, agreement),
+        "quality": _quality(recipe, stats),
         "per_discussion": "n/a"
         if pd["mean"] is None
         else f"{pd['mean']:.2f} / {pd['min']} / {pd['max']}",
@@ -612,7 +763,9 @@ def card_context(
         "by_level": by_level,
         "figures": figures,
         "versions": sorted(versions.items()),
-        "citation": _citation(recipe, repo, package_version),
+        "citation": _citation(recipe, repo, package_version, (manifest.get("created") or "")[:4]),
+        "install": _install(manifest, package_version),
+        "rebuild": _rebuild_context(manifest),
     }
 
 
@@ -655,7 +808,14 @@ def render_card(
         else {}
     )
     order = {f: list(levels) for f, levels in recipe.factors.items()}
-    figures = draw_figures(dataset_dir, stats, list(recipe.factors), ordinal, order)
+    figures = draw_figures(
+        dataset_dir,
+        stats,
+        list(recipe.factors),
+        ordinal,
+        order,
+        list(recipe.quality.config().enabled),
+    )
     context = card_context(
         dataset_dir, recipe, fingerprint, stats, manifest, features, figures, agreement, repo
     )

@@ -3,8 +3,9 @@ card never re-reads the dataset).
 
 With annotations: the label distribution of every dimension per level of each factor
 (``figures/labels_by_<factor>.png``). Without: the distribution of comment lengths per level
-(``figures/comment_length_by_<factor>.png``). A recipe without factors gets one figure over all
-discussions (``..._overall.png``). Matplotlib is used through its object API with the Agg
+(``figures/comment_length_by_<factor>.png``). The quality flag rates per level
+(``figures/quality_by_<factor>.png``; with regeneration, the rate before it too). A recipe
+without factors gets one figure of each over all discussions (``..._overall.png``). Matplotlib is used through its object API with the Agg
 canvas, so nothing touches pyplot's global state or needs a display.
 """
 
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure
 from synth_disco.store.files import atomic_write_bytes
 
 FIGURES_DIR = "figures"
-_PREFIXES = ("labels_", "comment_length_")
+_PREFIXES = ("labels_", "comment_length_", "quality_")
 _MAX_DIMENSIONS = 6  # subplots per figure; more would be unreadable
 
 
@@ -96,9 +97,47 @@ def _groups(
         "all": {
             "labels": stats["annotations"]["labels"],
             "length_hist": stats["comments"]["length_hist"],
+            "quality": stats.get("quality"),
         }
     }
     return [("", overall)]
+
+
+def _quality_figure(
+    levels: Mapping[str, Any], flags: list[str], about: str
+) -> tuple[Figure, str] | None:
+    """Grouped bars: per flag, the share of generated comments raising it at each level; with
+    regeneration, a pale bar behind each for the share before it. None without flags."""
+    counts = {lv: s.get("quality") for lv, s in levels.items() if s.get("quality")}
+    counts = {lv: q for lv, q in counts.items() if q["comments"]}
+    if not flags or not counts:
+        return None
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    regenerated = any(q["first_attempt"] != q["published"] for q in counts.values())
+    height = 0.8 / len(counts)
+    fig = Figure(figsize=(7.5, 1.4 + 0.25 * len(flags) * max(1, len(counts) * 0.7)))
+    ax = fig.subplots()
+    for i, (lv, q) in enumerate(counts.items()):
+        y = [f + i * height for f in range(len(flags))]
+        n = q["comments"]
+        if regenerated:
+            before = [q["first_attempt"].get(flag, 0) / n for flag in flags]
+            ax.barh(y, before, height=height, color=cmap(i % 10), alpha=0.3)
+        shares = [q["published"].get(flag, 0) / n for flag in flags]
+        ax.barh(y, shares, height=height, color=cmap(i % 10), label=f"{lv} (n={n})")
+    ax.set_yticks([f + 0.4 - height / 2 for f in range(len(flags))], labels=flags, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(
+        "share of generated comments" + (" (pale: before regeneration)" if regenerated else "")
+    )
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    caption = f"Quality flag rates {about}"
+    fig.suptitle(caption, fontsize=11)
+    fig.tight_layout()
+    return fig, caption
 
 
 def draw_figures(
@@ -107,11 +146,13 @@ def draw_figures(
     factors: list[str],
     ordinal: Mapping[str, bool] | None = None,
     level_order: Mapping[str, list[str]] | None = None,
+    flags: list[str] | None = None,
 ) -> list[CardFigure]:
     """Draw the card's figures into ``dataset_dir/figures`` and return them in card order.
 
     ``ordinal`` says which annotation dimensions have an ordered scale (sequential colours);
-    ``level_order`` lists each factor's levels in recipe order (bars follow it).
+    ``level_order`` lists each factor's levels in recipe order (bars follow it); ``flags`` the
+    quality flags the run computed, in the order the card lists them.
     Figures this module drew earlier that are no longer produced are removed.
     """
     out_dir = Path(dataset_dir) / FIGURES_DIR
@@ -141,6 +182,11 @@ def draw_figures(
         fig.tight_layout()
         _save(fig, out_dir / name)
         made.append(CardFigure(f"{FIGURES_DIR}/{name}", caption))
+        quality = _quality_figure(levels, flags or [], about)
+        if quality is not None:
+            name = f"quality_{suffix}.png"
+            _save(quality[0], out_dir / name)
+            made.append(CardFigure(f"{FIGURES_DIR}/{name}", quality[1]))
     keep = {Path(f.path).name for f in made}
     if out_dir.exists():
         for old in out_dir.glob("*.png"):

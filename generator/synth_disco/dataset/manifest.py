@@ -4,7 +4,7 @@
 
     dataset/
       README.md                                   the card (``card.py``)
-      data/<config>/train-00000-of-00002.parquet  configs discussions, comments, annotations, personas
+      data/<config>/train-00000-of-00002.parquet  configs: see CONFIGS and dataset/tables.py
       figures/*.png                               drawn from the statistics (``figures.py``)
       synth_disco/recipe.yaml                     the resolved recipe
       synth_disco/manifest.json                   fingerprint, versions, models, checksums, counts, stats
@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,16 @@ from synth_disco.store.files import sha256_file
 from synth_disco.store.run_dir import RunStore
 
 SPLIT = "train"
-CONFIGS = ("discussions", "comments", "annotations", "personas")
+CONFIGS = (
+    "discussions",
+    "comments",
+    "events",
+    "annotations",
+    "aggregates",
+    "agreement",
+    "prompts",
+    "personas",
+)
 META_DIR = "synth_disco"
 MANIFEST = f"{META_DIR}/manifest.json"
 RECIPE_COPY = f"{META_DIR}/recipe.yaml"
@@ -88,6 +99,67 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+_PUBLIC_URL = re.compile(r"^(?:https?://|git@|ssh://)")
+
+
+def _public_url(url: str | None) -> str | None:
+    """A repository URL fit for a card: http(s) or ssh, without credentials; None for a local
+    path (it would name the machine)."""
+    if not url or not _PUBLIC_URL.match(url.strip()):
+        return None
+    return re.sub(r"^(https?://)[^/@]+@", r"\1", url.strip())
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def install_source() -> dict[str, Any]:
+    """Where the running synth-disco comes from, so a card can say how to install exactly it.
+
+    The code itself is checked first: a package inside a git checkout (an editable install, a
+    ``PYTHONPATH``) reports that checkout's commit, whether it has uncommitted changes, and its
+    ``origin`` URL when that is public. Else an install from git records its commit
+    (``direct_url.json``); else the package came from an index (PyPI): its version says it all.
+    """
+    import synth_disco
+
+    version = package_versions()["synth-disco"]
+    try:
+        dist = importlib.metadata.distribution("synth-disco")
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        urls = [u.split(",", 1)[-1].strip() for u in dist.metadata.get_all("Project-URL") or []]
+    except importlib.metadata.PackageNotFoundError:
+        direct, urls = {}, []
+    folder = Path(synth_disco.__file__).resolve().parent
+    commit = _git(folder, "rev-parse", "HEAD")
+    if commit:
+        return {
+            "kind": "git",
+            "version": version or synth_disco.__version__,
+            "commit": commit,
+            "dirty": bool(_git(folder, "status", "--porcelain", "--", ".")),
+            "url": _public_url(_git(folder, "config", "--get", "remote.origin.url"))
+            or next((u for u in map(_public_url, urls) if u), None),
+        }
+    vcs = direct.get("vcs_info") or {}
+    if vcs.get("commit_id"):
+        return {
+            "kind": "git",
+            "version": version,
+            "commit": vcs["commit_id"],
+            "dirty": False,
+            "url": _public_url(direct.get("url")),
+        }
+    return {"kind": "index", "version": version or synth_disco.__version__}
 
 
 def used_pools(recipe: Recipe) -> dict[str, str]:
@@ -197,6 +269,8 @@ def build_manifest(
         "version": recipe.version,
         "fingerprint": fingerprint,
         "versions": package_versions(),
+        "install": install_source(),
+        "created": (store.read_run() or {}).get("created"),
         "models": _models_manifest(recipe, stats["models_seen"], store.read_engines()),
         "counts": {name: c["num_examples"] for name, c in configs.items()},
         "configs": configs,

@@ -32,6 +32,35 @@ class _LevelStats:
     words: int = 0
     lengths: list[int] = field(default_factory=lambda: [0] * len(LENGTH_LABELS))
     labels: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    quality: _QualityCounts = field(default_factory=lambda: _QualityCounts())
+
+
+# The flag counted for "any flag" in the quality tables.
+ANY_FLAG = "any"
+
+
+@dataclass
+class _QualityCounts:
+    """Quality flags of generated comments: as published, and at each turn's first judged
+    reply (before any regeneration), counted per flag and for "any flag"."""
+
+    comments: int = 0
+    published: Counter[str] = field(default_factory=Counter)
+    first: Counter[str] = field(default_factory=Counter)
+
+    def add(self, flags: list[str], first: list[str]) -> None:
+        self.comments += 1
+        self.published.update(flags)
+        self.first.update(first)
+        self.published[ANY_FLAG] += bool(flags)
+        self.first[ANY_FLAG] += bool(first)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "comments": self.comments,
+            "published": dict(sorted(self.published.items())),
+            "first_attempt": dict(sorted(self.first.items())),
+        }
 
 
 class StatsCollector:
@@ -57,6 +86,12 @@ class StatsCollector:
         self.posts: set[str] = set()
         self.failures: list[dict[str, str]] = []
         self.tokens = {"prompt": 0, "completion": 0}
+        self.quality = _QualityCounts()
+        self.regenerated = 0  # discarded replies ("regenerated" events)
+        self.regenerated_turns = 0  # turns with at least one of them
+        # (discussion_id, index) -> flags of the turn's first judged reply, for the shard
+        # being folded (its events are read before its comments)
+        self._first_flags: dict[tuple[str, int], tuple[int, list[str]]] = {}
 
     # discussions of one shard: returns discussion_id -> (cell_id, levels) for that shard
     def add_discussions(self, table: pa.Table) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -109,6 +144,7 @@ class StatsCollector:
         if not gen.num_rows:
             return
         self.finish_reasons.update(_value_counts(gen.column("finish_reason")))
+        self._add_flags(gen, cells)
         words_np = _word_counts(gen["text"])
         bins = np.digitize(words_np, LENGTH_EDGES[1:])
         self.words += int(words_np.sum())
@@ -136,8 +172,27 @@ class StatsCollector:
                 stats.words += w
                 stats.lengths[b] += n
 
+    def _add_flags(self, gen: pa.Table, cells: Mapping[str, tuple[str, tuple[str, ...]]]) -> None:
+        """Count the quality flags of generated comments, overall and per factor level."""
+        if "flags" not in gen.column_names:
+            return
+        for d, index, flags in zip(
+            gen["discussion_id"].to_pylist(),
+            gen["index"].to_pylist(),
+            gen["flags"].to_pylist(),
+            strict=True,
+        ):
+            flags = flags or []
+            first = self._first_flags.get((d, index), (0, flags))[1]
+            self.quality.add(flags, first)
+            _, levels = cells.get(d, ("", ()))
+            for f, level in zip(self.factors, levels, strict=False):
+                self.levels[f].setdefault(level, _LevelStats()).quality.add(flags, first)
+
     def end_shard(self, discussion_ids: Iterable[str], counts: Counter[str]) -> None:
         """Fold one shard's comments-per-discussion counts (0 for silent discussions)."""
+        self.regenerated_turns += len(self._first_flags)
+        self._first_flags = {}
         pd = self.per_discussion
         for n in (counts.get(d, 0) for d in set(discussion_ids) | set(counts)):
             pd["n"] += 1
@@ -146,7 +201,26 @@ class StatsCollector:
             pd["max"] = n if pd["max"] is None else max(pd["max"], n)
 
     def add_events(self, batch: pa.RecordBatch) -> None:
-        self.events.update(_value_counts(batch.column("kind")))
+        """One batch of events; a shard's events are folded before its comments, so that each
+        regenerated turn's first reply is known when its comment is counted."""
+        kinds = batch.column("kind")
+        self.events.update(_value_counts(kinds))
+        if "flags" not in batch.schema.names:
+            return
+        regen = pa.Table.from_batches([batch]).filter(
+            pc.fill_null(pc.equal(kinds, "regenerated"), False)
+        )
+        self.regenerated += regen.num_rows
+        for d, index, attempt, flags in zip(
+            regen["discussion_id"].to_pylist(),
+            regen["index"].to_pylist(),
+            regen["attempt"].to_pylist(),
+            regen["flags"].to_pylist(),
+            strict=True,
+        ):
+            key = (d, index)
+            if key not in self._first_flags or attempt < self._first_flags[key][0]:
+                self._first_flags[key] = (attempt, flags or [])
 
     def add_annotations(
         self, batch: pa.RecordBatch, cells: Mapping[str, tuple[str, tuple[str, ...]]]
@@ -193,6 +267,7 @@ class StatsCollector:
                     "comments": s.comments,
                     "words_per_comment": round(s.words / s.comments, 3) if s.comments else None,
                     "length_hist": dict(zip(LENGTH_LABELS, s.lengths, strict=True)),
+                    "quality": s.quality.to_dict(),
                     "labels": {
                         d: {
                             lab: s.labels[d].get(lab, 0)
@@ -226,6 +301,11 @@ class StatsCollector:
                 "length_hist": dict(zip(LENGTH_LABELS, self.lengths.tolist(), strict=True)),
             },
             "events": dict(sorted(self.events.items())),
+            "quality": {
+                **self.quality.to_dict(),
+                "regenerated_turns": self.regenerated_turns,
+                "regenerated_replies": self.regenerated,
+            },
             "annotations": {
                 "total": sum(self.annotation_status.values()),
                 "by_status": dict(sorted(self.annotation_status.items())),
@@ -264,3 +344,26 @@ def _value_counts(arr: pa.Array) -> dict[str, int]:
         key = item["values"]
         out["" if key is None else key] = item["counts"]
     return out
+
+
+def quality_summary(stats: Mapping[str, Any]) -> str | None:
+    """One line with each quality flag's share of the generated comments (flags never raised
+    left out), for the build's summary; None when nothing was generated."""
+    q = stats.get("quality")
+    if not q or not q["comments"]:
+        return None
+    n = q["comments"]
+    regenerated = q.get("regenerated_replies", 0) > 0
+
+    def share(flag: str) -> str:
+        now = f"{q['published'].get(flag, 0) / n:.1%}"
+        return f"{q['first_attempt'].get(flag, 0) / n:.1%} -> {now}" if regenerated else now
+
+    raised = [f for f in q["first_attempt"] if f != ANY_FLAG and q["first_attempt"][f]]
+    parts = [f"{f} {share(f)}" for f in raised] or ["none raised"]
+    line = f"quality flags (share of {n:,} generated comments): any {share(ANY_FLAG)}"
+    if raised:
+        line += "; " + ", ".join(parts)
+    if regenerated:
+        line += f" ({q['regenerated_replies']:,} replies regenerated; before -> published)"
+    return line

@@ -59,6 +59,8 @@ class Conversation(Protocol):
 
     def discussion_row(self, factors: list[str]) -> dict[str, Any]: ...
 
+    def prompts(self) -> list[Any]: ...
+
 
 def comment_row(comment: Comment) -> dict[str, Any]:
     """A comment as a row of the ``comments`` table. Forum comments have no cycle or

@@ -92,8 +92,13 @@ scaffolding of its own rendered built-in prompt. On the shared 2-core developmen
 ``flag_comment``: ~0.15 ms a comment in all. The tiny engine makes ~300 comments a second
 (bench/RESULTS.md), ~3.3 ms each, so flagging adds ~4% there; next to a real model it is noise.
 
-``default_stop_strings`` gives the stop strings that end a reply where the model starts writing
-another speaker's turn; see its docstring.
+Stop strings. ``header_stop_strings`` gives the ones runs send by default (``quality.stop_strings``):
+the turn template's comment headers without names, the same for every discussion, so the
+transformers engine keeps batching (it batches only requests with equal stop strings and builds
+one stopping criterion per distinct set); ``strip_dangling_header`` removes the name such a
+stop leaves on a reply's last line. ``default_stop_strings`` gives stops with every speaker's
+name, exact but one set per discussion: ``bench/stop_strings.py`` measures the difference (4x
+slower on 8 discussions). See the two docstrings.
 """
 
 from __future__ import annotations
@@ -105,70 +110,10 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
-# -- configuration -----------------------------------------------------------------------------
+from synth_disco.recipe.quality import FLAG_NAMES, QualityConfig
 
-FLAG_NAMES: tuple[str, ...] = (
-    "truncated",
-    "empty",
-    "echoed_scaffolding",
-    "speaker_prefix",
-    "persona_leak",
-    "assistant_voice",
-    "repetition",
-    "near_duplicate",
-)
-
-
-@dataclass(frozen=True)
-class QualityConfig:
-    """Which flags to compute and their thresholds (see the module docstring for each rule)."""
-
-    flags: tuple[str, ...] = FLAG_NAMES  # the flags to compute (any order; a list is fine)
-    scaffold_min_chars: int = 8  # shorter fragments ("wrote:", "You are") are not matched
-    scaffold_anywhere_chars: int = 30  # fragments this long count anywhere in a reply
-    persona_min_values: int = 2  # persona values a reply must contain to leak
-    persona_self_description: bool = True  # "As a <value>" alone is a leak
-    repetition_ngram: int = 3  # word n-grams measured for loops
-    repetition_min_words: int = 20  # shorter replies are not measured by n-grams
-    repetition_max_ratio: float = 0.5  # share of repeated n-grams at which a reply loops
-    compression_min_chars: int = 200  # shorter replies are not measured by compression
-    compression_min_ratio: float = 0.25  # compression ratio at or under which a reply loops
-    near_duplicate_threshold: float = 0.7  # Jaccard similarity at which a reply is a copy
-    near_duplicate_ngram: int = 2  # word n-grams compared
-    near_duplicate_window: int = 50  # how many of the latest earlier comments are compared
-    near_duplicate_min_chars: int = 20  # shorter texts are neither flagged nor compared
-
-    def __post_init__(self) -> None:
-        if isinstance(self.flags, str):
-            raise ValueError(f"flags must be a list of flag names, got the string {self.flags!r}")
-        object.__setattr__(self, "flags", tuple(self.flags))  # a list from a recipe, too
-        unknown = [f for f in self.flags if f not in FLAGS]
-        if unknown:
-            raise ValueError(
-                f"unknown quality flag(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(FLAGS)}"
-            )
-        if len(set(self.flags)) != len(self.flags):
-            raise ValueError("quality flags are listed twice")
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name.endswith(("_chars", "_words", "_window", "_values")) and v < 1:
-                raise ValueError(f"{f.name} must be at least 1, got {v}")
-        if self.repetition_ngram < 1 or self.near_duplicate_ngram < 1:
-            raise ValueError("n-gram sizes must be at least 1")
-        for name in ("repetition_max_ratio", "near_duplicate_threshold"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.compression_min_ratio < 1.0:
-            raise ValueError(
-                f"compression_min_ratio must be in [0, 1), got {self.compression_min_ratio}"
-            )
-
-    @property
-    def enabled(self) -> tuple[str, ...]:
-        """The flags to compute, in registry order."""
-        return tuple(n for n in FLAGS if n in self.flags)
-
+# -- configuration: FLAG_NAMES and QualityConfig live with the recipe schema (recipe/quality.py),
+# which validates a recipe's `quality:` block with them; they are re-exported here.
 
 # -- the comment being judged ------------------------------------------------------------------
 
@@ -880,6 +825,67 @@ def default_stop_strings(turn_template: str, names: Sequence[str]) -> list[str]:
     return sorted(s for s in stops if not any(t != s and s.startswith(t) for t in stops))
 
 
+def header_stop_strings(turn_template: str) -> list[str]:
+    """The stop strings a run uses by default: the turn template's comment headers, without
+    names, so every discussion of a cell gets the same ones.
+
+    For each of ``comment_headers``: ``"\n" + before`` when the header has words before the
+    name ("\nOriginal post by "); else, when the header ends its line in the template,
+    ``after + "\n"`` (" wrote:\n", " replied:\n", " (moderator) wrote:\n"): a model starting
+    another turn writes "\nbirch wrote:\n", and the reply is cut at " wrote:";
+    ``strip_dangling_header`` then removes the name left on the reply's last line. A header
+    followed by the text on its own line ("{{ c.author }} says: {{ c.text }}") gets no stop
+    string: " says: " would cut ordinary prose; ``clean_reply`` still cuts such a turn from
+    the text. A stop that another one is a prefix of is dropped. Sorted.
+
+    Why not ``default_stop_strings`` (with names): the transformers engine batches only
+    requests with the same stop strings, and builds a ``StopStringCriteria`` per distinct set
+    (it scans the vocabulary for each string: ~0.03 s a string on a 49k vocabulary). Names
+    differ per discussion, so every discussion would be its own batch; one set for the whole
+    run (every pool name) costs ~60 s to build and ~0.2 s per decoding step at 1,000 strings.
+    ``bench/stop_strings.py`` measures both against these few name-free strings.
+    The cost: " wrote:" ending a line of ordinary prose ("as the article wrote:" then a line
+    break) ends a reply early too.
+    """
+    # The template's literal text with each value as NUL (statements vanish): is a header
+    # followed by a line break, or by a value on its own line?
+    text_only = "".join(
+        c if kind == "text" else "\0" if kind == "expr" else ""
+        for kind, c in _segments(turn_template)
+    )
+    stops: set[str] = set()
+    for before, after in _comment_headers(turn_template):
+        if _LETTER.search(before):
+            stops.add("\n" + before)
+        elif after.strip() and re.search(re.escape(after) + r"[^\S\n]*\n", text_only):
+            stops.add(after + "\n")
+    return sorted(s for s in stops if not any(t != s and s.startswith(t) for t in stops))
+
+
+_HEADER_DECORATION = " \t*_[]#>@`\"'\u201c\u201d"
+
+
+_HANDLE = re.compile(r"[\w.-]*[\d_.][\w.-]*")
+
+
+def strip_dangling_header(text: str, names: Sequence[str]) -> str:
+    """``text`` without a last line that is only a speaker label: a participant's name
+    (possibly decorated: "**birch**", "[birch]") or a handle-like word ("pk_sondre",
+    "user42": a digit, "_" or "." in one word). That is what is left when a header stop string
+    ("\nbirch wrote:\n") cut the reply after the name; models also invent handles there. Any
+    other last line ("Cheers", "birch is right") is kept. Call it on replies that ended on a
+    stop string only."""
+    head, sep, last = text.rstrip().rpartition("\n")
+    if not sep:
+        return text
+    label = last.strip(_HEADER_DECORATION)
+    if label and (
+        label.casefold() in {n.casefold() for n in names if n} or _HANDLE.fullmatch(label)
+    ):
+        return head.rstrip()
+    return text
+
+
 # -- rough benchmark: python -m synth_disco.discussion.quality ----------------------------------
 
 
@@ -911,8 +917,7 @@ def _benchmark(n: int = 10_000) -> tuple[float, float]:  # pragma: no cover - a 
         earlier = texts[i - i % 20 : i]
         shown = [Shown(rng.choice(names), "user", t) for t in earlier[-6:]]
         messages = build_messages(
-            system_template=system,
-            turn_template=turn,
+            {"system": system, "turn": turn},
             context="A forum.",
             title="Buses",
             op=Shown("alder", "op", "The bus is late."),

@@ -233,6 +233,7 @@ class DiscussionRunner:
         discussions = [_with_structure(s.discussion_row(self.factors)) for s in work.states]
         comments = [comment_row(c) for s in work.states for c in s.comments]
         events = [e.to_dict() for s in work.states for e in s.events]
+        prompts = {p.id: p.to_dict() for s in work.states for p in s.prompts()}
         failed = [
             (s.spec.discussion_id, s.error or "") for s in work.states if s.status == "failed"
         ]
@@ -253,6 +254,7 @@ class DiscussionRunner:
                 ),
                 "comments": schemas.from_rows(comments, schemas.COMMENTS),
                 "events": schemas.from_rows(events, schemas.EVENTS),
+                "prompts": schemas.from_rows(prompts.values(), schemas.PROMPTS),
             },
             counts,
             work.members,

@@ -12,12 +12,19 @@ Turn semantics:
 - An empty reply (after cleaning) is retried with a new seed derived from the turn and the
   attempt, up to ``max_empty_retries``; then the turn is recorded as failed and the discussion
   ends with status ``failed``. An engine error (e.g. prompt too long) fails it at once.
+- Quality (the recipe's ``quality:`` block, rules in ``quality.py``): every comment gets its
+  flags when it is made, from its cleaned text, its prompt and the comments before it. With
+  ``regenerate: N`` a reply raising one of ``regenerate_on`` is asked again, at most N times,
+  each attempt with its own derived seed (the same seed rule as empty retries); each discarded
+  reply is journaled as one ``regenerated`` event (its attempt, flags and text), and the last
+  attempt is kept with whatever flags it has. Requests carry the turn template's header stop
+  strings (``quality.header_stop_strings``), and a name a stop left dangling is removed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply, is_no_intervention
@@ -29,12 +36,19 @@ from synth_disco.discussion.prompts import (
     Shown,
     Speaker,
     build_messages,
+    render,
     templates_for,
 )
-from synth_disco.engines.base import ChatRequest, Completion
+from synth_disco.discussion.quality import (
+    flag_comment,
+    header_stop_strings,
+    prompt_scaffolding,
+    strip_dangling_header,
+)
+from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
 from synth_disco.engines.sampling import sampling_params_from
-from synth_disco.recipe.schema import DiscussionConfig, ModelConfig
-from synth_disco.records import Comment, DiscussionSpec, Event
+from synth_disco.recipe.schema import DiscussionConfig, ModelConfig, QualitySettings
+from synth_disco.records import Comment, DiscussionSpec, Event, Prompt
 from synth_disco.seeds import derive_seed
 
 
@@ -80,12 +94,20 @@ class DiscussionState:
         if mod is not None and takes_turns(mod):
             self.speakers.append(mod.name)
         self._templates = templates_for(self.cfg)
+        self.quality = QualitySettings.model_validate(spec.config.get("quality") or {})
+        self._quality_config = self.quality.config()
+        self._stops = (
+            header_stop_strings(self._templates["turn"]) if self.quality.stop_strings else []
+        )
+        self._messages: tuple[tuple[str, int], list[dict[str, str]]] | None = None
+        self._prompt_ids: dict[str, str] = {}
 
         self.comments: list[Comment] = []
         self.events: list[Event] = []
         self.user_turns = 0
         self.mod_due = False
-        self.attempt = 0
+        self.attempt = 0  # attempts made at the pending turn so far
+        self.regenerated = 0  # of which discarded for their quality flags
         self.round = 0
         self.status = "running"
         self.error: str | None = None
@@ -172,16 +194,39 @@ class DiscussionState:
         slot = self._slot()
         if slot is None:
             return None
+        messages = self._slot_messages(slot)
+        seed = derive_seed(self.spec.seed, slot.key, self.attempt, self.round)
+        rid = f"{self.spec.discussion_id}/{slot.key}/{self.round}.{self.attempt}"
+        return ChatRequest(rid, messages, seed, self._params(self.model_config_for_next()))
+
+    def _params(self, model_cfg: ModelConfig) -> SamplingParams:
+        """The model's decoding settings, with the quality stop strings added."""
+        params = sampling_params_from(model_cfg)
+        if not self._stops:
+            return params
+        return replace(params, stop=tuple(dict.fromkeys((*params.stop, *self._stops))))
+
+    def _speaker(self, slot: Slot) -> Speaker:
         mod = self.cfg.moderator
         if slot.role == "moderator" and mod is not None:
-            speaker = Speaker(mod.name, "moderator", _persona_text(mod.persona), mod.instructions)
-            model_cfg = self._models[self.moderator_model_name]
-        else:
-            p = self.participants[slot.speaker]
-            speaker = Speaker(p.name, "user", p.persona.description, p.instructions)
-            model_cfg = self._models[self.model_name]
+            return Speaker(mod.name, "moderator", _persona_text(mod.persona), mod.instructions)
+        p = self.participants[slot.speaker]
+        return Speaker(p.name, "user", p.persona.description, p.instructions)
+
+    def _shown(self, slot: Slot) -> tuple[list[Shown], int, Shown]:
+        """What the speaker of ``slot`` sees: the visible comments, how many were hidden, and
+        the comment it replies to."""
         visible, omitted = self._visible(slot.parent_id)
         parent = next(c for c in self.comments if c.comment_id == slot.parent_id)
+        shown = [Shown(c.author, c.role, c.text) for c in visible]
+        return shown, omitted, Shown(parent.author, parent.role, parent.text)
+
+    def _slot_messages(self, slot: Slot) -> list[dict[str, str]]:
+        """The chat messages of ``slot`` (rendered once per turn: attempts share them)."""
+        key = (slot.key, len(self.comments))
+        if self._messages is not None and self._messages[0] == key:
+            return self._messages[1]
+        shown, omitted, parent = self._shown(slot)
         post = self.spec.post
         messages = build_messages(
             self._templates,
@@ -189,15 +234,14 @@ class DiscussionState:
             title=post.title,
             op=Shown(post.op.author, "op", post.op.text),
             seed_comments=[Shown(c.author, "seed", c.text) for c in post.comments[1:]],
-            visible=[Shown(c.author, c.role, c.text) for c in visible],
+            visible=shown,
             omitted=omitted,
-            speaker=speaker,
-            parent=Shown(parent.author, parent.role, parent.text),
+            speaker=self._speaker(slot),
+            parent=parent,
             on_demand=slot.on_demand,
         )
-        seed = derive_seed(self.spec.seed, slot.key, self.attempt, self.round)
-        rid = f"{self.spec.discussion_id}/{slot.key}/{self.round}.{self.attempt}"
-        return ChatRequest(rid, messages, seed, sampling_params_from(model_cfg))
+        self._messages = (key, messages)
+        return messages
 
     def model_config_for_next(self) -> ModelConfig:
         """The model config that must answer the pending request."""
@@ -233,19 +277,34 @@ class DiscussionState:
             emit(self._event_record(slot, "failed_turn", reason, completion.text))
             emit({"t": "end", "d": d, "status": "failed", "error": reason})
             return records
-        others = [s for s in self._all_names() if s != slot.speaker]
-        text = clean_reply(completion.text, slot.speaker, others)
+        names = self._all_names()
+        others = [s for s in names if s != slot.speaker]
+        raw = completion.text
+        if completion.finish_reason == "stop" and self._stops:
+            raw = strip_dangling_header(raw, names)
+        text = clean_reply(raw, slot.speaker, others)
         if slot.on_demand and is_no_intervention(text, NO_INTERVENTION):
             emit(self._event_record(slot, "no_intervention", "", completion.text))
         elif not text:
-            if self.attempt + 1 > self.cfg.max_empty_retries:
+            if self.attempt - self.regenerated + 1 > self.cfg.max_empty_retries:
                 reason = f"empty reply on {slot.key} after {self.attempt + 1} attempts"
                 emit(self._event_record(slot, "failed_turn", reason, completion.text))
                 emit({"t": "end", "d": d, "status": "failed", "error": reason})
                 return records
             emit({"t": "retry", "d": d, "attempt": self.attempt + 1})
         else:
-            emit(self._comment_record(slot, text, completion))
+            flags = self._flags(slot, text, completion.finish_reason)
+            if self.regenerated < self.quality.regenerate and set(flags) & set(
+                self.quality.regenerate_flags
+            ):
+                # One record: replaying it both counts the attempt and moves the seed on.
+                emit(
+                    self._event_record(
+                        slot, "regenerated", ", ".join(flags), completion.text, flags=flags
+                    )
+                )
+                return records
+            emit(self._comment_record(slot, text, completion, flags))
         if self._slot() is None:
             emit({"t": "end", "d": d, "status": "ok", "error": None})
         return records
@@ -264,7 +323,50 @@ class DiscussionState:
             names.append(self.cfg.moderator.name)
         return list(dict.fromkeys(names))
 
-    def _comment_record(self, slot: Slot, text: str, c: Completion) -> dict[str, Any]:
+    def prompt(self, role: str) -> Prompt:
+        """The prompt a ``role`` ("user" or "moderator") speaks from in this discussion."""
+        system = "moderator_system" if role == "moderator" else "system"
+        return Prompt(
+            "moderator" if role == "moderator" else "participant",
+            render(self._templates[system], context=self.cfg.context),
+            (("turn", self._templates["turn"]),),
+        )
+
+    def prompts(self) -> list[Prompt]:
+        """The prompts of this discussion's generated comments, participant's first."""
+        roles = {c.role for c in self.comments[self.n_seed :]}
+        return [self.prompt(r) for r in ("user", "moderator") if r in roles]
+
+    def _flags(self, slot: Slot, text: str, finish_reason: str) -> list[str]:
+        """The quality flags of the reply ``text`` to ``slot`` (see ``quality.flag_comment``)."""
+        cfg = self._quality_config
+        if not cfg.flags:
+            return []
+        p = self.participants.get(slot.speaker) if slot.role == "user" else None
+        speaker = self._speaker(slot)
+        shown, _, parent = self._shown(slot)
+        post = self.spec.post
+        system = "moderator_system" if slot.role == "moderator" else "system"
+        messages = self._slot_messages(slot)
+        scaffolding = prompt_scaffolding(
+            "\n".join(m["content"] for m in messages),
+            [self._templates[system], self._templates["turn"]],
+            quoted=[*(c.text for c in post.comments), *(c.text for c in shown), parent.text],
+            extra=[x for x in (speaker.instructions, self.cfg.context) if isinstance(x, str)],
+        )
+        return flag_comment(
+            text,
+            finish_reason=finish_reason,
+            earlier=[c.text for c in self.comments],
+            persona_values=[v for _, v in p.persona.fields] if p is not None else [],
+            participant_names=self._all_names(),
+            scaffolding=scaffolding,
+            config=cfg,
+        )
+
+    def _comment_record(
+        self, slot: Slot, text: str, c: Completion, flags: list[str]
+    ) -> dict[str, Any]:
         index = len(self.comments)
         p = self.participants.get(slot.speaker)
         model = self._models[
@@ -286,10 +388,19 @@ class DiscussionState:
             completion_tokens=c.completion_tokens,
             finish_reason=c.finish_reason,
             attempts=self.attempt + 1,
+            flags=flags,
+            prompt_id=self._prompt_id(slot.role),
         )
         return {"t": "comment", "d": comment.discussion_id, "slot": slot.key, **comment.to_dict()}
 
-    def _event_record(self, slot: Slot, kind: str, detail: str, raw: str) -> dict[str, Any]:
+    def _prompt_id(self, role: str) -> str:
+        if role not in self._prompt_ids:  # rendered once per role
+            self._prompt_ids[role] = self.prompt(role).id
+        return self._prompt_ids[role]
+
+    def _event_record(
+        self, slot: Slot, kind: str, detail: str, raw: str, flags: list[str] | None = None
+    ) -> dict[str, Any]:
         event = Event(
             discussion_id=self.spec.discussion_id,
             index=len(self.comments),
@@ -297,6 +408,8 @@ class DiscussionState:
             author=slot.speaker,
             detail=detail,
             raw_text=raw,
+            attempt=self.attempt + 1,
+            flags=list(flags or []),
         )
         return {"t": "event", "d": event.discussion_id, "slot": slot.key, **event.to_dict()}
 
@@ -307,7 +420,7 @@ class DiscussionState:
         if kind == "comment":
             fields = {k: v for k, v in record.items() if k not in ("t", "d", "slot")}
             self.comments.append(Comment(**fields))
-            self.attempt = 0
+            self.attempt = self.regenerated = 0
             if record["slot"].startswith("t"):
                 self.user_turns += 1
                 self.mod_due = speaks_after(self.cfg, self.user_turns)
@@ -318,7 +431,10 @@ class DiscussionState:
             self.events.append(Event(**fields))
             if fields["kind"] == "no_intervention":
                 self.mod_due = False
-                self.attempt = 0
+                self.attempt = self.regenerated = 0
+            elif fields["kind"] == "regenerated":
+                self.attempt = fields["attempt"]  # the next attempt gets the next seed
+                self.regenerated += 1
         elif kind == "retry":
             self.attempt = record["attempt"]
         elif kind == "end":
@@ -327,7 +443,7 @@ class DiscussionState:
         elif kind == "reopen":
             self.status = "running"
             self.error = None
-            self.attempt = 0
+            self.attempt = self.regenerated = 0
             self.round += 1
         else:
             raise ValueError(f"unknown journal record {kind!r}")
@@ -344,7 +460,7 @@ class DiscussionState:
         model_cfg = self._models[self.model_name]
         mod = self.cfg.moderator
         generated = self.comments[self.n_seed :]
-        params = sampling_params_from(model_cfg)
+        params = self._params(model_cfg)
         return {
             "discussion_id": spec.discussion_id,
             "index": spec.index,

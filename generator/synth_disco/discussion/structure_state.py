@@ -142,6 +142,11 @@ class StructureState:
     def task_id(self) -> str:
         return self.comments[0].comment_id
 
+    def prompts(self) -> list:
+        """The prompts config's rows of this discussion. Structures publish none yet: their
+        comments carry no ``prompt_id`` (the card prints every structure template instead)."""
+        return []
+
     @property
     def wrote_instructions(self) -> bool:
         """Whether the model has written the combiner's ``auto`` instructions (one call)."""

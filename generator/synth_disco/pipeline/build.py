@@ -26,7 +26,9 @@ from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.prompts import PromptBuilder, text_value
 from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
 from synth_disco.dataset.assembly import assemble
-from synth_disco.dataset.manifest import used_pools
+from synth_disco.dataset.bundle import make_bundle
+from synth_disco.dataset.manifest import read_manifest, used_pools
+from synth_disco.dataset.stats import quality_summary
 from synth_disco.design.plan import plan as make_plan
 from synth_disco.design.plan import write_plan
 from synth_disco.discussion.stage import DiscussionRunner
@@ -210,7 +212,10 @@ class EngineCache:
 
 # -- the run directory -------------------------------------------------------------------------
 def open_run(
-    loaded: LoadedRecipe, store: RunStore, overrides: list[str], world: World
+    loaded: LoadedRecipe,
+    store: RunStore,
+    overrides: list[str],
+    world: World,
 ) -> int | None:
     """Create the run directory or check that it belongs to this recipe.
 
@@ -270,6 +275,7 @@ def build(
     engine: Engine | None = None,
     verbose: bool = False,
     progress: str = "auto",
+    confine: Path | None = None,
 ) -> BuildReport:
     """Run (or resume) every step of a recipe into ``out``; see the module docstring.
 
@@ -277,14 +283,15 @@ def build(
     own overrides apply). ``engine`` serves every model of the recipe and stays open after
     the build; without it, engines are loaded with ``engine_loader`` and closed at the end.
     ``progress`` is ``auto`` (a bar on a terminal, lines otherwise), ``bar``, ``lines`` or
-    ``quiet`` (warnings and the end only).
+    ``quiet`` (warnings and the end only). ``confine``: the recipe may read files inside this
+    folder only (``load_recipe``): how ``rebuild`` runs the recipe a dataset ships.
     """
     started = time.monotonic()
     if isinstance(recipe, LoadedRecipe):
         loaded, overrides = recipe, list(recipe.overrides)
     else:
         overrides = list(overrides)
-        loaded = load_recipe(recipe, overrides)
+        loaded = load_recipe(recipe, overrides, confine=confine)
     recipe_path = loaded.path
     checks = preflight(loaded)
     if checks.errors and engine is None and engine_loader is load_model:
@@ -364,7 +371,7 @@ def build(
                         raise Interrupted(resume_hint(recipe_path, overrides, store))
                     world.barrier()
                     if world.is_main:
-                        write_aggregates(store, recipe_cfg.annotation)
+                        write_aggregates(store, recipe_cfg.annotation, recipe_cfg.seed)
         finally:
             engines.close()
 
@@ -378,6 +385,9 @@ def build(
         )
         if stage in ("all", "assemble"):
             report.dataset_dir = assemble_run(loaded, store)
+            summary = quality_summary(read_manifest(report.dataset_dir)["stats"])
+            if summary:
+                log.info(summary)
             crash_point("end")
         check_failures(loaded, store)
         report.seconds = time.monotonic() - started
@@ -469,6 +479,8 @@ def assemble_run(loaded: LoadedRecipe, store: RunStore) -> Path:
         personas={pool: loaded.personas(pool) for pool in used_pools(loaded.recipe)},
         source_files=loaded.files,
         repo=loaded.recipe.output.hub.repo,
+        bundle=make_bundle(loaded.raw, loaded.files, loaded.text_refs),
+        recipe_dir=loaded.base_dir,
     )
 
 

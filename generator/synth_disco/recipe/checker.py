@@ -34,14 +34,17 @@ def display_path(path: Path) -> str:
 class Checker:
     """Collects problems while a recipe is loaded; knows where each key came from."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, confine: Path | None = None) -> None:
         self.path = path
         self.file = display_path(path)
         self.base_dir = path.parent
+        # With ``confine`` (a dataset folder being rebuilt), files outside it are refused.
+        self.confine = confine.resolve() if confine is not None else None
         self.marks: dict[KeyPath, Mark] = {}
         self.override_paths: list[tuple[KeyPath, str]] = []
         self.problems: list[Problem] = []
         self.files: dict[str, str] = {}
+        self.text_refs: dict[KeyPath, str] = {}  # where a {file: ...} text was read from
         self.yaml_bad: list[KeyPath] = []  # paths whose YAML value was refused
 
     # -- locations --------------------------------------------------------------------------
@@ -119,9 +122,30 @@ class Checker:
             rel = p.as_posix()
         self.files[rel] = digest
 
+    def outside(self, ref: str) -> str | None:
+        """Why ``ref`` (relative to the recipe) may not be read, or None: with ``confine``,
+        an absolute path or one that leaves the confining folder (by ``..`` or a link)."""
+        if self.confine is None:
+            return None
+        if Path(ref).is_absolute() or re.match(r"^[A-Za-z]:", ref) or ref.startswith("~"):
+            return (
+                f"{ref!r} is an absolute path: a recipe being rebuilt may read only files "
+                "inside its dataset folder"
+            )
+        if not (self.base_dir / ref).resolve().is_relative_to(self.confine):
+            return (
+                f"{ref!r} leaves the dataset folder: a recipe being rebuilt may read only "
+                "files inside it"
+            )
+        return None
+
     def read_text_file(self, ref: str, path: KeyPath) -> str | None:
         """The text of a ``{file: ref}`` (trailing whitespace dropped), or None after
         reporting why it cannot be read."""
+        refused = self.outside(ref)
+        if refused is not None:
+            self.add((*path, "file"), refused)
+            return None
         p = self.base_dir / ref
         if not p.is_file():
             what = "is a directory" if p.is_dir() else "not found"
@@ -146,7 +170,10 @@ class Checker:
                 and isinstance(value["file"], str)
             ):
                 text = self.read_text_file(value["file"], path)
-                return value if text is None else text
+                if text is None:
+                    return value
+                self.text_refs[path] = value["file"]
+                return text
             return {
                 k: self.resolve_texts(v, next_types(types_, k), (*path, k))
                 for k, v in value.items()

@@ -36,7 +36,13 @@ from synth_disco.recipe.schema import (
     SourceSpec,
 )
 from synth_disco.recipe.schema_walk import field_names, schema_types, suggest
-from synth_disco.recipe.sources import load_personas, load_posts, source_files
+from synth_disco.recipe.sources import (
+    hub_commit,
+    is_local_hub,
+    load_personas,
+    load_posts,
+    source_files,
+)
 from synth_disco.recipe.templates import (
     TEMPLATE_KINDS,
     check_template,
@@ -48,11 +54,21 @@ from synth_disco.records import Persona, Post
 from synth_disco.store import schemas
 
 # Factors may change how discussions run and are annotated, not what they draw from.
-PATCHABLE = ("discussion", "models", "annotation")
-# Each factor becomes a column of plan.parquet and of the dataset's discussions table, so it
-# may not take the name of any of their other columns.
-RESERVED_COLUMNS = frozenset(schemas.plan_schema([]).names) | frozenset(
-    schemas.discussions_schema([]).names
+PATCHABLE = ("discussion", "models", "annotation", "quality")
+# Each factor becomes a column of plan.parquet and of the dataset's tables (discussions,
+# comments, events, annotations, aggregates), so it may not take the name of any of their other
+# columns; nor may an annotation dimension, which names a column of the annotations table.
+RESERVED_COLUMNS = frozenset(
+    name
+    for schema in (
+        schemas.plan_schema([]),
+        schemas.discussions_schema([]),
+        schemas.COMMENTS,
+        schemas.EVENTS,
+        schemas.published_annotations({}),
+        schemas.AGGREGATES,
+    )
+    for name in schema.names
 )
 # Validating every cell is exact but costs ~1 ms each; above this many cells, each factor
 # level is validated on its own against the base config instead.
@@ -99,7 +115,7 @@ def check_patch_keys(ck: Checker, data: dict[str, Any]) -> set[tuple[str, str]]:
                 fpath, "factor names must be identifiers (letters, digits, '_'); they name columns"
             )
         elif fname in RESERVED_COLUMNS:
-            ck.add(fpath, f"{fname!r} is a column of every discussion; name the factor otherwise")
+            ck.add(fpath, f"{fname!r} is a column of the dataset; name the factor otherwise")
         if isinstance(levels, dict) and not levels:
             ck.add(fpath, "a factor needs at least one level")
     for fname, lname, patch in _patches(data):
@@ -162,6 +178,13 @@ def check_design(ck: Checker, r: Recipe) -> None:
             ("factors",),
             f"the full factorial has {n_full:,} cells; use design: {{mode: random, cells: N}}",
         )
+    for name in r.annotation.dimensions if r.annotation is not None else ():
+        if name in RESERVED_COLUMNS or name in r.factors:
+            ck.add(
+                ("annotation", "dimensions", name),
+                f"{name!r} is a column of the annotations table (a dimension names one); "
+                "name the dimension otherwise",
+            )
     for name in r.discussion.variants:
         if name == DEFAULT_VARIANT:
             ck.add(
@@ -200,11 +223,39 @@ def check_sources(
     return personas, posts
 
 
+def pin_hub_sources(ck: Checker, data: dict[str, Any]) -> None:
+    """Resolve every Hub source's ``revision`` to a commit, in ``data`` itself: the commit is
+    then part of the resolved recipe, its fingerprint and the dataset's copy of it, so a
+    resume refuses a pool that changed on the Hub and a rebuild reads the same rows."""
+    pools = data.get("personas") if isinstance(data.get("personas"), dict) else {}
+    sources = [(("personas", p), v) for p, v in pools.items()]
+    sources.append((("posts",), data.get("posts")))
+    for path, value in sources:
+        if not isinstance(value, dict) or not isinstance(value.get("hub"), str):
+            continue
+        try:
+            spec = SourceSpec.model_validate(value)
+            sha = hub_commit(spec, ck.base_dir)
+        except ValidationError:
+            continue  # reported by the recipe's schema check
+        except SourceError as e:
+            ck.add((*path, e.key), e.message)
+            continue
+        if sha is not None:
+            value["revision"] = sha
+
+
 def _load_source(ck: Checker, path: KeyPath, value: Any, load: Any, what: str) -> list[Any] | None:
     try:
         spec = SourceSpec.model_validate(value)
     except ValidationError:
         return None  # reported by the recipe's schema check
+    for key in ("file", "dir", "hub"):
+        ref = getattr(spec, key)
+        refused = ck.outside(ref) if ref is not None else None
+        if refused is not None and (key != "hub" or is_local_hub(spec, ck.base_dir)):
+            ck.add((*path, key), refused)
+            return None
     for f in source_files(spec, ck.base_dir):
         ck.record_file(f)
     try:

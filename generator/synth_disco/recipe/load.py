@@ -29,6 +29,7 @@ from synth_disco.recipe.checks import (
     check_patch_keys,
     check_sources,
     patch_items,
+    pin_hub_sources,
     references,
 )
 from synth_disco.recipe.factorial import cell_patches, cell_recipe, factor_levels
@@ -47,6 +48,7 @@ class LoadedRecipe:
     ``recipe``: the base config (Text file references replaced by their text); ``raw``: the
     resolved dict it was validated from (JSON-able; overrides applied, pools normalised);
     ``files``: every referenced file (path relative to the recipe -> sha256);
+    ``text_refs``: where in ``raw`` a text was read from a file (key path -> the reference);
     ``fingerprint``: sha256 over ``raw`` and those files.
     """
 
@@ -56,15 +58,17 @@ class LoadedRecipe:
     base_dir: Path
     fingerprint: str
     files: dict[str, str] = field(default_factory=dict)
+    text_refs: dict[KeyPath, str] = field(default_factory=dict)
     source: str = field(default="", repr=False)  # the recipe text as read
     overrides: tuple[str, ...] = ()  # the --set overrides it was loaded with
+    confine: Path | None = None  # the folder its files must be in (``rebuild``), if any
     _personas: dict[str, list[Persona]] = field(default_factory=dict, repr=False)
     _posts: list[Post] | None = field(default=None, repr=False)
     _cells: dict[tuple[tuple[str, str], ...], Recipe] = field(default_factory=dict, repr=False)
 
     def reload(self, overrides: Sequence[str] = ()) -> LoadedRecipe:
         """The same recipe text loaded again with other ``--set`` overrides."""
-        return load_recipe_text(self.source, self.path, overrides)
+        return load_recipe_text(self.source, self.path, overrides, confine=self.confine)
 
     @property
     def short_fingerprint(self) -> str:
@@ -140,10 +144,20 @@ def fingerprint_of(raw: dict[str, Any], files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> LoadedRecipe:
-    """Read, resolve and validate a recipe. Raises ``RecipeError`` listing every problem."""
+def load_recipe(
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    confine: str | os.PathLike[str] | None = None,
+) -> LoadedRecipe:
+    """Read, resolve and validate a recipe. Raises ``RecipeError`` listing every problem.
+
+    ``confine`` (a folder): the recipe may read files inside it only, and name models by Hub
+    id or built-in name only (``rebuild`` loads a downloaded dataset's recipe this way: it
+    is not trusted).
+    """
     path = Path(path)
-    ck = Checker(path)
+    ck = Checker(path, Path(confine) if confine is not None else None)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "not found"
         raise RecipeError([Problem(ck.file, None, None, "", f"recipe file {what}")])
@@ -151,16 +165,20 @@ def load_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError([Problem(ck.file, None, None, "", f"cannot read: {e}")]) from None
-    return load_recipe_text(text, path, overrides)
+    return load_recipe_text(text, path, overrides, confine=confine)
 
 
 def load_recipe_text(
-    text: str, path: str | os.PathLike[str], overrides: Sequence[str] = ()
+    text: str,
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    confine: str | os.PathLike[str] | None = None,
 ) -> LoadedRecipe:
     """``load_recipe`` for recipe text that is not (or not only) a file: ``path`` names it in
     messages, and relative file references resolve against its folder."""
     path = Path(path)
-    ck = Checker(path)
+    ck = Checker(path, Path(confine) if confine is not None else None)
     doc = parse_yaml(text, ck.file)
     data, ck.marks, ck.problems, ck.yaml_bad = doc.data, doc.marks, doc.problems, doc.refused
     if data is None:
@@ -191,6 +209,7 @@ def load_recipe_text(
             patch = data["factors"][fname][lname]
             patch[key] = ck.resolve_texts(patch[key], schema_types(kp), mp)
 
+    pin_hub_sources(ck, data)
     recipe: Recipe | None = None
     try:
         recipe = Recipe.model_validate(data)
@@ -219,12 +238,22 @@ def load_recipe_text(
     )
     check_design(ck, recipe)
     check_cells(ck, recipe, data, sizes, loaded.cell_recipe, bad_levels)
+    if ck.confine is not None:
+        for key, model in recipe.models.items():
+            if model.model.startswith(("/", "./", "../", "~")) or "\\" in model.model:
+                ck.add(
+                    ("models", key, "model"),
+                    f"{model.model!r} is a local path: a recipe being rebuilt names models by "
+                    "Hub id or built-in name only",
+                )
     if ck.problems:
         raise RecipeError(ck.sorted_problems())
     loaded.files = dict(sorted(ck.files.items()))
+    loaded.text_refs = dict(ck.text_refs)
     loaded.fingerprint = fingerprint_of(data, loaded.files)
     loaded.source = text
     loaded.overrides = tuple(overrides)
+    loaded.confine = ck.confine
     return loaded
 
 

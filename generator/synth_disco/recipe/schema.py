@@ -22,6 +22,7 @@ from pydantic import (
 
 from synth_disco.engines.registry import ENGINES
 from synth_disco.engines.sampling import DECODING_FIELDS
+from synth_disco.recipe.quality import FLAG_NAMES, QualityConfig, threshold_names
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -398,6 +399,74 @@ class AnnotationConfig(Strict):
         return self
 
 
+class QualitySettings(Strict):
+    """Quality flags on every generated comment, and what a run does about flagged ones.
+
+    ``flags``: the flags computed and stored per comment (default: all; each rule is in
+    ``discussion/quality.py``). ``thresholds``: their thresholds, by ``QualityConfig`` field
+    name (e.g. ``{repetition_max_ratio: 0.4}``). ``regenerate: N`` asks a turn again, with a
+    seed derived from the attempt, up to N times while its reply raises one of
+    ``regenerate_on`` (default: every computed flag); the last attempt is kept, with its
+    flags. Each discarded reply is published as a ``regenerated`` event. ``stop_strings``
+    ends a reply where the model starts writing another speaker's turn (stop strings derived
+    from the turn template's comment headers; see ``discussion/quality.py``).
+    """
+
+    flags: list[str] = Field(default_factory=lambda: list(FLAG_NAMES))
+    thresholds: dict[str, bool | int | float] = Field(default_factory=dict)
+    regenerate: int = Field(0, ge=0, le=20)
+    regenerate_on: list[str] | None = None
+    stop_strings: bool = True
+
+    @field_validator("flags")
+    @classmethod
+    def _known_flags(cls, v: list[str]) -> list[str]:
+        QualityConfig(flags=tuple(v))  # raises ValueError naming an unknown or repeated flag
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, v: dict[str, bool | int | float]) -> dict[str, bool | int | float]:
+        defaults = QualityConfig()
+        for name, value in v.items():
+            if name not in threshold_names():
+                raise ValueError(
+                    f"unknown threshold {name!r}; known: {', '.join(threshold_names())}"
+                )
+            want = type(getattr(defaults, name))
+            if want is bool and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+            if want is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if want is float and isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QualitySettings:
+        self.config()  # thresholds in range (QualityConfig says which)
+        unknown = [f for f in self.regenerate_on or [] if f not in self.flags]
+        if unknown:
+            raise ValueError(
+                f"regenerate_on names flag(s) that are not computed: {', '.join(unknown)} "
+                "(add them to `flags`)"
+            )
+        return self
+
+    def config(self) -> QualityConfig:
+        """The ``QualityConfig`` the flags are computed with."""
+        values = {
+            k: float(v) if isinstance(getattr(QualityConfig, k), float) else v
+            for k, v in self.thresholds.items()
+        }
+        return QualityConfig(flags=tuple(self.flags), **values)
+
+    @property
+    def regenerate_flags(self) -> tuple[str, ...]:
+        """The flags that make a turn be asked again (when ``regenerate`` > 0)."""
+        return tuple(self.regenerate_on if self.regenerate_on is not None else self.flags)
+
+
 class HubOutput(Strict):
     repo: str | None = None
     private: bool = False
@@ -410,7 +479,8 @@ class OutputConfig(Strict):
     language: list[str] = Field(default_factory=lambda: ["en"])
     tags: list[str] = Field(default_factory=list)
     pretty_name: str | None = None
-    citation: str | None = None
+    authors: list[str] = Field(default_factory=list)  # the card's BibTeX author list
+    citation: str | None = None  # BibTeX replacing the generated one
     hub: HubOutput = Field(default_factory=HubOutput)
 
 
@@ -436,6 +506,7 @@ class Recipe(Strict):
     replicates: int = Field(1, ge=1)
     annotation: AnnotationConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @field_validator("name")

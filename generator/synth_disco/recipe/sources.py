@@ -155,6 +155,34 @@ def _hub_path(spec: SourceSpec, base_dir: Path) -> str:
     return str(local) if local.exists() else spec.hub
 
 
+FULL_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def is_local_hub(spec: SourceSpec, base_dir: Path) -> bool:
+    """Whether a ``hub:`` source names a local dataset folder or file (next to the recipe)."""
+    return spec.hub is not None and (base_dir / spec.hub).exists()
+
+
+def hub_commit(spec: SourceSpec, base_dir: Path) -> str | None:
+    """The commit a Hub source reads: its ``revision`` (a branch, a tag, or none: the default
+    branch) resolved to the full commit id, so that every later load, a resume or a rebuild
+    reads the same version of the pool. None for a local dataset folder."""
+    if spec.hub is None or is_local_hub(spec, base_dir):
+        return None
+    if spec.revision and FULL_SHA.fullmatch(spec.revision):
+        return spec.revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(spec.hub, revision=spec.revision).sha
+    except Exception as e:  # the client raises many kinds; all mean "cannot resolve it"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        at = f" at {spec.revision!r}" if spec.revision else ""
+        raise SourceError(
+            f"cannot resolve dataset {spec.hub!r}{at} to a commit: {msg}", "hub"
+        ) from e
+
+
 def _load_hub(spec: SourceSpec, base_dir: Path) -> Any:
     try:
         import datasets

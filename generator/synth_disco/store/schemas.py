@@ -118,7 +118,7 @@ COMMENTS = pa.schema(
     [
         ("discussion_id", pa.string()),
         ("comment_id", pa.string()),
-        ("index", pa.int32()),
+        ("index", pa.int64()),
         ("parent_id", pa.string()),
         ("author", pa.string()),
         ("role", pa.string()),
@@ -127,8 +127,8 @@ COMMENTS = pa.schema(
         ("text", pa.string()),
         ("raw_text", pa.string()),
         ("model", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("completion_tokens", pa.int32()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
         ("finish_reason", pa.string()),
         ("attempts", pa.int32()),
         # Deliberation structures (issue 14): a forum comment has no cycle or position, and
@@ -136,17 +136,21 @@ COMMENTS = pa.schema(
         ("cycle", pa.int32()),
         ("position", pa.int32()),
         ("parent_ids", pa.list_(pa.string())),
+        ("flags", pa.list_(pa.string())),  # quality flags, sorted (discussion/quality.py)
+        ("prompt_id", pa.string()),  # -> PROMPTS
     ]
 )
 
 EVENTS = pa.schema(
     [
         ("discussion_id", pa.string()),
-        ("index", pa.int32()),
+        ("index", pa.int64()),
         ("kind", pa.string()),
         ("author", pa.string()),
         ("detail", pa.string()),
         ("raw_text", pa.string()),
+        ("attempt", pa.int32()),
+        ("flags", pa.list_(pa.string())),
     ]
 )
 
@@ -164,6 +168,17 @@ ANNOTATIONS = pa.schema(
         ("model", pa.string()),
         ("status", pa.string()),
         ("attempts", pa.int32()),
+        ("prompt_id", pa.string()),  # -> PROMPTS
+    ]
+)
+
+# One row per distinct prompt (records.Prompt): comments and labels point at it by prompt_id.
+PROMPTS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("role", pa.string()),
+        ("system", pa.string()),
+        ("templates", pa.list_(pa.struct([("name", pa.string()), ("text", pa.string())]))),
     ]
 )
 
@@ -176,6 +191,69 @@ PERSONAS = pa.schema(
         ("fields", PERSONA.field("fields").type),
     ]
 )
+
+
+# -- published tables (the dataset's configs) beyond the shard tables above -------------------
+
+# Per (comment, dimension): the labels it got, aggregated (annotation/aggregate.py). ``majority``
+# is coded like the annotations' ``label`` (the scale value, or the label's position).
+AGGREGATES = pa.schema(
+    [
+        ("comment_id", pa.string()),
+        ("discussion_id", pa.string()),
+        ("dimension", pa.string()),
+        ("mean", pa.float64()),
+        ("majority", pa.int64()),
+        ("majority_text", pa.string()),
+        ("majority_share", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
+
+# Per dimension: Krippendorff's alpha with its bootstrap 95% interval (annotation/agreement.py).
+AGREEMENT = pa.schema(
+    [
+        ("dimension", pa.string()),
+        ("level", pa.string()),
+        ("alpha", pa.float64()),
+        ("alpha_low", pa.float64()),
+        ("alpha_high", pa.float64()),
+        ("n_items", pa.int32()),  # int32 like the discussions table's n_comments
+        ("n_comments", pa.int32()),
+        ("n_labels", pa.int32()),
+        ("n_annotators", pa.int32()),
+    ]
+)
+
+# The columns that place a row in the design, added to every per-discussion table of the
+# dataset (comments, events, annotations, aggregates) after its discussion_id.
+DESIGN_COLUMNS = ("cell_id", "replicate")
+
+
+def with_design(schema: pa.Schema, factors: list[str]) -> pa.Schema:
+    """``schema`` with ``cell_id``, one string column per factor and ``replicate`` right after
+    its ``discussion_id``, typed as in the discussions table: analysis needs no join."""
+    design = [f for f in _cell_columns(factors) if f[0] in ("cell_id", "replicate", *factors)]
+    fields = []
+    for f in schema:
+        fields.append(f)
+        if f.name == "discussion_id":
+            fields.extend(pa.field(name, type_) for name, type_ in design)
+    return pa.schema(fields)
+
+
+def published_annotations(dimension_types: dict[str, pa.DataType]) -> pa.Schema:
+    """The annotations table as published: ``label`` as a number (a scale's value, or the
+    label's position in its dimension) and ``label_text`` as given, and one column per
+    dimension holding its label typed (set on that dimension's rows only)."""
+    fields = []
+    for f in ANNOTATIONS:
+        if f.name == "label":
+            fields += [pa.field("label", pa.int64()), pa.field("label_text", pa.string())]
+            fields += [pa.field(d, t) for d, t in dimension_types.items()]
+        else:
+            fields.append(f)
+    return pa.schema(fields)
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

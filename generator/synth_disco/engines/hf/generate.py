@@ -28,6 +28,7 @@ A failing batch (out of memory or anything else) is halved and retried
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,8 @@ from synth_disco.engines.hf.load import LoadedModel
 from synth_disco.engines.hf.prefill import Prefiller
 from synth_disco.engines.hf.sampler import SeededSampler
 from synth_disco.engines.sampling import check_params
+
+log = logging.getLogger("synth_disco")
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Generator:
         self.prefiller = prefiller
         self.batcher = batcher
         # Building stop criteria scans the whole vocabulary: once per stop tuple.
-        self.stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
+        self.stop_criteria: dict[tuple[str, ...], StopStringCriteria | None] = {}
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         """Complete every request; results come back in request order."""
@@ -133,7 +136,8 @@ class Generator:
                     device=input_ids.device,
                 )
             )
-        criteria = StoppingCriteriaList([self._stopping(stop)] if stop else [])
+        stopping = self._stopping(stop) if stop else None
+        criteria = StoppingCriteriaList([stopping] if stopping is not None else [])
         with torch.inference_mode():
             cache = self.prefiller.prefill([it.ids for it in items], prompt_len)
             out = lm.model.generate(
@@ -167,9 +171,21 @@ class Generator:
             use_cache=True,
         )
 
-    def _stopping(self, stop: tuple[str, ...]) -> StopStringCriteria:
+    def _stopping(self, stop: tuple[str, ...]) -> StopStringCriteria | None:
+        """The criteria that end generation at a stop string, or None when the tokenizer
+        cannot express one (a word-level tokenizer has no token for "\n"): then generation
+        runs to its end and ``_finish`` still cuts the text at the first stop string."""
         if stop not in self.stop_criteria:
-            self.stop_criteria[stop] = StopStringCriteria(self.lm.tokenizer, list(stop))
+            try:
+                self.stop_criteria[stop] = StopStringCriteria(self.lm.tokenizer, list(stop))
+            except Exception as exc:  # transformers raises ValueError, IndexError, ...
+                log.warning(
+                    "stop strings %s cannot be matched token by token (%s): replies are cut "
+                    "after generating",
+                    list(stop),
+                    short(exc),
+                )
+                self.stop_criteria[stop] = None
         return self.stop_criteria[stop]
 
     def _finish(
