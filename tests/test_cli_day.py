@@ -146,3 +146,24 @@ def test_init_prints_the_whole_next_sequence(tmp_path):
     out = run("init", str(tmp_path / "study")).output
     for step in ("validate", "plan", "build", "show", "push"):
         assert f"synth-disco {step} " in out
+
+
+def test_show_prints_a_running_discussion_from_its_post(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "run"
+    env = {**os.environ, "SYNTH_DISCO_KILL_AT": "discuss.step:1"}
+    subprocess.run(
+        [sys.executable, "-m", "synth_disco", "build", SMOKE, *SMALL, "--out", str(out)],
+        env=env,
+        capture_output=True,
+    )
+    assert not list((out / "shards" / "discuss").glob("*.done.json"))  # killed mid-way
+    first = pq.read_table(out / "plan.parquet").column("discussion_id")[0].as_py()
+    thread = run("show", str(out), "--discussion", first).output
+    assert thread.startswith("[0] ") and "(OP)" in thread.splitlines()[0]
+    assert len(thread.splitlines()) > 3  # the post, then the comments journaled so far

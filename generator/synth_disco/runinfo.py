@@ -147,13 +147,16 @@ def _comments_of(store: RunStore, discussion_id: str) -> list[dict]:
     # Still running: read it from the journals.
     journal_dir = store.root / "journal" / "discuss"
     for path in sorted(journal_dir.glob("*.jsonl")) if journal_dir.exists() else []:
+        shard = int(path.stem.split("-")[1])
+        posts_file = store.posts_path(shard)
+        posts = json.loads(posts_file.read_text(encoding="utf-8")) if posts_file.exists() else {}
         rows = [
             {k: v for k, v in r.items() if k not in ("t", "d", "slot")}
-            for r in store.read_journal("discuss", int(path.stem.split("-")[1]))
+            for r in store.read_journal("discuss", shard)
             if r["t"] == "comment" and r["d"] == discussion_id
         ]
-        if rows:
-            return rows
+        if rows or discussion_id in posts:
+            return [*posts.get(discussion_id, []), *rows]  # the post first, as it started
     return []
 
 

@@ -219,6 +219,7 @@ class DiscussionRunner:
                 _ended(state, progress, self._calls)
             states.append(state)
         journal.sync()
+        self._write_posts(shard, states)
         self.store.reopen_shard(STAGE, shard)
         return _ShardWork(
             shard,
@@ -227,6 +228,19 @@ class DiscussionRunner:
             lock,
             states,
             sum(not s.done for s in states),
+        )
+
+    def _write_posts(self, shard: int, states: list[Conversation]) -> None:
+        """What each discussion of the shard starts from (its OP, or task, and seed
+        comments), for ``show`` while the shard runs; not read by the build itself."""
+        posts = {
+            s.spec.discussion_id: [
+                comment_row(c) for c in getattr(s, "comments", ()) if c.role in ("op", "seed")
+            ]
+            for s in states
+        }
+        self.store.write_text(
+            self.store.posts_path(shard), json.dumps(posts, ensure_ascii=False) + "\n"
         )
 
     def _finish_shard(self, work: _ShardWork, result: StageResult) -> None:

@@ -100,6 +100,11 @@ class RunStore:
     def done_path(self, stage: str, shard: int) -> Path:
         return self.root / "shards" / stage / f"shard-{shard:05d}.done.json"
 
+    def posts_path(self, shard: int) -> Path:
+        """The posts (OP and seed comments) of a discussion shard's discussions, written when
+        the shard opens, so ``show`` can print a running discussion from its start."""
+        return self.root / "journal" / "discuss" / f"shard-{shard:05d}.posts.json"
+
     # -- run metadata --------------------------------------------------------------------------
     def check_writable(self) -> None:
         """Fail early, with a clear message, when the run directory cannot be written."""
