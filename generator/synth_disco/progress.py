@@ -73,7 +73,12 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
-                total=self.total, desc=self.stage, unit=self.unit, dynamic_ncols=True, leave=True
+                total=self.total,
+                desc=self.stage,
+                unit=self.unit,
+                dynamic_ncols=True,
+                leave=True,
+                disable=False,  # libraries' bars are off during a build (TQDM_DISABLE)
             )
             calls = self.done
         self._bar.update(calls)

@@ -128,6 +128,10 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
     tf_logging.set_verbosity_error()
     tf_logging.disable_progress_bar()
     hub_utils.disable_progress_bars()
+    # Bars that libraries draw with plain tqdm (e.g. GGUF de-quantizing): off by default;
+    # synth-disco's own bar asks for itself explicitly (progress.py).
+    saved_tqdm = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         with warnings.catch_warnings():
             for module in ("transformers", "torch", "accelerate", "huggingface_hub"):
@@ -136,6 +140,10 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*deprecated")
             yield
     finally:
+        if saved_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved_tqdm
         tf_logging.set_verbosity(verbosity)
         if bars:
             tf_logging.enable_progress_bar()
