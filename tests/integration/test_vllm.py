@@ -136,9 +136,9 @@ def server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def openai_engine(server: str) -> Iterator[Any]:
-    from synth_disco.engines.openai import OpenAIConfig, load
+    from synth_disco.engines.openai import OpenAIConfig, OpenAIEngine
 
-    engine = load(OpenAIConfig(base_url=server, model=SERVED, timeout_s=300.0))
+    engine = OpenAIEngine(OpenAIConfig(base_url=server, model=SERVED, timeout_s=300.0))
     yield engine
     engine.close()
 
