@@ -167,3 +167,13 @@ def test_show_prints_a_running_discussion_from_its_post(tmp_path):
     thread = run("show", str(out), "--discussion", first).output
     assert thread.startswith("[0] ") and "(OP)" in thread.splitlines()[0]
     assert len(thread.splitlines()) > 3  # the post, then the comments journaled so far
+
+
+def test_cells_of_a_thread_layout_recipe_validate_for_the_card():
+    # The card lists each cell's discussion config; re-validating a dumped recipe must not
+    # take defaults (annotation.context_window) as set next to layout: thread.
+    from synth_disco.recipe.factorial import cell_discussions
+    from synth_disco.recipe.load import load_recipe
+
+    loaded = load_recipe(SMOKE, ["annotation.layout=thread"])
+    assert len(cell_discussions(loaded.recipe)) >= 2

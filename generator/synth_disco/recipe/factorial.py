@@ -91,7 +91,9 @@ def cell_discussions(recipe: Recipe) -> list[DiscussionConfig]:
     cells = select_cells(factors, recipe.design, recipe.seed)
     if len(cells) > MAX_CELLS_LISTED:
         cells = [{f: level} for f, levels in factors.items() for level in levels]
-    raw = recipe.model_dump(mode="json")
+    # Only what was set: validators that refuse a key set together with another (e.g.
+    # context_window with layout: thread) must not see the defaults as set.
+    raw = recipe.model_dump(mode="json", exclude_unset=True)
     out: dict[str, DiscussionConfig] = {}
     for levels in cells:
         patches = cell_patches(recipe, levels)
