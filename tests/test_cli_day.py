@@ -175,5 +175,6 @@ def test_cells_of_a_thread_layout_recipe_validate_for_the_card():
     from synth_disco.recipe.factorial import cell_discussions
     from synth_disco.recipe.load import load_recipe
 
-    loaded = load_recipe(SMOKE, ["annotation.layout=thread"])
-    assert len(cell_discussions(loaded.recipe)) >= 2
+    loaded = load_recipe(ROOT / "recipes" / "demo.yaml")  # layout: thread, a moderator factor
+    assert loaded.recipe.annotation.layout == "thread"
+    assert len(cell_discussions(loaded.recipe)) == 2
