@@ -120,7 +120,8 @@ def test_build_end_to_end_failed_turn_retried_and_key_kept_out(server, tmp_path)
     }
     for a in labels:
         assert sum(s["prob"] for s in a["scores"]) == pytest.approx(1.0)
-        assert a["label"] == "2"  # the loopback server's favourite first token
+        # the loopback server's favourite first token (labels of a scale are typed: 2, "2")
+        assert a["label"] == 2 and a["label_text"] == "2"
     card = (out / "dataset" / "README.md").read_text()
     assert "`org/test-model` (served as `test-model`)" in card
     assert "sampled replies repeat only where the server honours per-request seeds" in card

@@ -63,11 +63,13 @@ def test_smollm2_recipe_builds_end_to_end(tmp_path: Path) -> None:
     assert len(labels) == len(generated)  # one annotator per generated comment
     scale = [str(x) for x in recipe.annotation.dimensions["toxicity"].scale]
     for a in labels:
-        assert a["status"] == "ok" and a["label"] in scale and a["method"] == "score"
+        # A scale's label is typed (an int); label_text keeps it as the model was asked.
+        assert a["status"] == "ok" and a["label_text"] in scale and a["method"] == "score"
+        assert a["label"] == int(a["label_text"])
         assert [s["label"] for s in a["scores"]] == scale
         assert sum(s["prob"] for s in a["scores"]) == pytest.approx(1.0, abs=1e-6)
         best = max(a["scores"], key=lambda s: s["prob"])
-        assert a["label"] == best["label"]
+        assert a["label_text"] == best["label"]
 
     (loaded,) = json.loads((run / "engines.json").read_text())
     assert loaded["gguf_file"] == GGUF_FILE and loaded["dtype"] == "float32"

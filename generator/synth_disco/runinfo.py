@@ -278,10 +278,6 @@ def build_summary(run_dir: Path, seconds: float, dataset_dir: Path | None) -> li
                 reasons[why] = reasons.get(why, 0) + 1
     for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  failed x{n}: {why}")
-    rates = _flag_rates(store)
-    if rates:
-        shown = ", ".join(f"{flag} {rate:.0%}" for flag, rate in rates.items())
-        lines.append(f"quality flags (share of comments): {shown}")
     agreement = run_dir / "agreement.json"
     if agreement.exists():
         alphas = json.loads(agreement.read_text(encoding="utf-8"))
@@ -295,27 +291,6 @@ def build_summary(run_dir: Path, seconds: float, dataset_dir: Path | None) -> li
         lines.append(f"dataset: {dataset_dir.as_posix()}")
         lines.append(f"next: synth-disco push {run_dir.as_posix()} --repo ORG/NAME")
     return lines
-
-
-def _flag_rates(store: RunStore) -> dict[str, float]:
-    """Share of generated comments carrying each quality flag (when comments have flags)."""
-    counts: dict[str, int] = {}
-    total = 0
-    for path in store.shard_files("discuss", "comments"):
-        schema = pq.read_schema(path)
-        if "flags" not in schema.names:
-            return {}
-        rows = pq.read_table(path, columns=["role", "flags"]).to_pylist()
-        for row in rows:
-            if row["role"] not in ("user", "moderator"):
-                continue
-            total += 1
-            for flag in row["flags"] or ():
-                counts[flag] = counts.get(flag, 0) + 1
-    return {f: counts[f] / total for f in sorted(counts)} if total else {}
-
-
-# -- deliberation structures (issue 14) ------------------------------------------------------
 
 
 def _discussion_of(store: RunStore, discussion_id: str) -> dict:
