@@ -329,7 +329,9 @@ def test_a_recipe_builds_end_to_end_with_engine_vllm(driver: dict[str, Any]) -> 
         probs = {s["label"]: s["prob"] for s in a["scores"]}
         assert set(probs) == set(DIGITS)
         assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-9)
-        assert a["label"] == max(probs, key=probs.get)
+        # A scale's label is typed (its int); label_text keeps the label as asked.
+        assert a["label_text"] == max(probs, key=probs.get)
+        assert a["label"] == int(a["label_text"])
     assert not b["card_has_local_path"]
 
 

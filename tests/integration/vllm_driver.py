@@ -209,6 +209,7 @@ def build(model_dir: str, work: Path) -> dict[str, Any]:
                     "comment_id": a["comment_id"],
                     "annotator_id": a["annotator_id"],
                     "label": a["label"],
+                    "label_text": a["label_text"],
                     "status": a["status"],
                     "method": a["method"],
                     "scores": a["scores"],
