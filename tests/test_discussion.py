@@ -10,8 +10,9 @@ import pytest
 from fakes import FakeEngine, make_spec, run_alone
 from synth_disco.discussion.cleaning import clean_reply
 from synth_disco.discussion.policies import Node, next_turn
-from synth_disco.discussion.prompts import builtin_template, templates_for, templates_used
+from synth_disco.discussion.prompts import builtin_template, templates_for
 from synth_disco.discussion.state import DiscussionState
+from synth_disco.discussion.templates_used import templates_used
 from synth_disco.recipe.load import load_recipe
 from synth_disco.recipe.schema import DiscussionConfig, TurnTaking
 from synth_disco.recipe.templates import sample_context

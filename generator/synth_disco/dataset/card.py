@@ -37,10 +37,10 @@ from synth_disco.dataset.manifest import (
 from synth_disco.dataset.portable import portable_model_id, portable_recipe
 from synth_disco.dataset.readme import card_text, merge_readme
 from synth_disco.dataset.stats import ANY_FLAG
-from synth_disco.discussion.prompts import templates_used as discussion_templates
 from synth_disco.discussion.quality import flag_docs
 from synth_disco.discussion.structures import describe as describe_structure
 from synth_disco.discussion.structures import diagram as structure_diagram
+from synth_disco.discussion.templates_used import templates_used as discussion_templates
 from synth_disco.recipe.factorial import cell_discussions
 from synth_disco.recipe.overrides import sets_under
 from synth_disco.recipe.schema import AUTO_INSTRUCTIONS, FileRef, Recipe, SourceSpec
@@ -347,7 +347,7 @@ def _sources(recipe: Recipe, dataset_dir: Path, manifest: Mapping[str, Any], sta
 def prompt_templates(recipe: Recipe) -> list[tuple[str, str]]:
     """(name, Jinja source) of every prompt template the run renders: the recipe's own where
     it sets one, synth-disco's built-in otherwise. The card prints each verbatim. The sources
-    come from the code that renders them (``discussion.prompts.templates_used`` and
+    come from the code that renders them (``discussion.templates_used.templates_used`` and
     ``annotation.prompts.templates_used``), so the card cannot list a template nothing uses.
     Templates a factor level patches in are shown with the patches under Experimental design.
     """

@@ -10,7 +10,7 @@ this module, and a recipe may replace any of them under ``discussion.templates``
   role, and ``on_demand`` when the moderator may decline with ``no_intervention``).
 
 ``templates_for`` says which text each of them is for a discussion config, and is what the
-discussion renders from; ``templates_used`` gives the same for a recipe, for its card.
+discussion renders from; ``templates_used.templates_used`` gives them for a whole recipe.
 
 The layout keeps the stable part first (forum rules in the system message, then the OP, then
 the transcript) and the speaker-specific part last, so prefix caches can reuse earlier turns.
@@ -27,9 +27,7 @@ from typing import Any
 
 from jinja2 import Template
 
-from synth_disco.recipe.factorial import cell_discussions
-from synth_disco.recipe.overrides import sets_under
-from synth_disco.recipe.schema import DiscussionConfig, Recipe
+from synth_disco.recipe.schema import DiscussionConfig
 from synth_disco.recipe.templates import template_environment
 
 # What an on_demand moderator answers when the discussion needs no intervention.
@@ -47,52 +45,16 @@ def templates_for(cfg: DiscussionConfig) -> dict[str, str]:
     """Template name -> the exact source a discussion with ``cfg`` renders it from
     (``moderator_system`` only when the discussion has a moderator)."""
     custom = cfg.templates
-    system = _text(custom.system) or builtin_template("system.j2")
-    out = {"system": system, "turn": _text(custom.turn) or builtin_template("turn.j2")}
+    system = recipe_text(custom.system) or builtin_template("system.j2")
+    out = {"system": system, "turn": recipe_text(custom.turn) or builtin_template("turn.j2")}
     if cfg.moderator is not None:
-        out["moderator_system"] = _text(custom.moderator_system) or system
+        out["moderator_system"] = recipe_text(custom.moderator_system) or system
     return out
 
 
-def templates_used(recipe: Recipe) -> dict[str, str]:
-    """Template name -> source, for the discussions of ``recipe``: for forum threads, its base
-    config's templates, with ``moderator_system`` as well when only some factor levels add a
-    moderator; for deliberation structures, those ``structure_prompts.templates_for_structure``
-    names for each structure the design uses (combinations by preset). (Factor levels that set
-    ``discussion.templates`` themselves are shown by their patches.)"""
-    configs = cell_discussions(recipe)
-    structured = [c for c in configs if c.structure != "forum"]
-    out: dict[str, str] = {}
-    if len(structured) < len(configs):  # some cells are forum threads
-        out = _forum_templates_used(recipe)
-    if structured:
-        # Imported here: the structures' prompts build on this module.
-        from synth_disco.discussion.structure_prompts import card_names, templates_for_structure
-
-        for cfg in structured:
-            names = card_names(cfg)
-            for name, source in templates_for_structure(cfg).items():
-                out.setdefault(names[name], source)
-    return out
-
-
-def _forum_templates_used(recipe: Recipe) -> dict[str, str]:
-    d = recipe.discussion
-    out = templates_for(d)
-    if d.structure != "forum" and d.moderator is not None:
-        # The base's moderator is a structure's combiner: forum cells have theirs from levels.
-        out.pop("moderator_system", None)
-    if "moderator_system" not in out and any(
-        sets_under(patch, ("discussion", "moderator"))
-        for levels in recipe.factors.values()
-        for patch in levels.values()
-    ):
-        out["moderator_system"] = _text(d.templates.moderator_system) or out["system"]
-    return out
-
-
-def _text(source: object) -> str | None:
-    # The loader has replaced {file: ...} references by their text.
+def recipe_text(source: object) -> str | None:
+    """A recipe text field's text, or None when it is unset or empty (the loader has replaced
+    ``{file: ...}`` references by their text)."""
     return source if isinstance(source, str) and source else None
 
 

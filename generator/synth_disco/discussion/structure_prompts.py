@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from synth_disco.discussion.prompts import builtin_template, render
+from synth_disco.discussion.prompts import builtin_template, recipe_text, render
 from synth_disco.discussion.structures import Shown, has_combiner, writes_instructions
 from synth_disco.recipe.schema import DiscussionConfig
 from synth_disco.recipe.templates import combination_presets, is_preset_name
@@ -50,11 +50,6 @@ BUILTIN = {
 }
 
 
-def _text(source: object) -> str | None:
-    # The loader has replaced {file: ...} references by their text.
-    return source if isinstance(source, str) and source else None
-
-
 def default_combination(cfg: DiscussionConfig) -> str:
     return "debate" if cfg.structure == "debate" else "default"
 
@@ -62,7 +57,7 @@ def default_combination(cfg: DiscussionConfig) -> str:
 def combination_source(value: object, default: str) -> tuple[str, str]:
     """(name shown in the card, template source) of a `combination` setting: a preset's file,
     or the recipe's own template."""
-    text = _text(value)
+    text = recipe_text(value)
     if text is None or is_preset_name(text):
         name = (text or default).strip()
         return f"combination: {name}", combination_presets()[name]
@@ -78,27 +73,28 @@ def templates_for_structure(cfg: DiscussionConfig) -> dict[str, str]:
     instructions."""
     custom = cfg.templates
     out = {
-        "task": _text(cfg.task) or builtin_template(BUILTIN["task"]),
-        "agent_system": _text(custom.agent_system) or builtin_template(BUILTIN["agent_system"]),
-        "agent_turn": _text(custom.agent_turn) or builtin_template(BUILTIN["agent_turn"]),
+        "task": recipe_text(cfg.task) or builtin_template(BUILTIN["task"]),
+        "agent_system": recipe_text(custom.agent_system)
+        or builtin_template(BUILTIN["agent_system"]),
+        "agent_turn": recipe_text(custom.agent_turn) or builtin_template(BUILTIN["agent_turn"]),
         "combination": combination_source(cfg.combination, default_combination(cfg))[1],
     }
     if has_combiner(cfg):
         mod = cfg.moderator
         assert mod is not None
-        if _text(mod.task):
-            out["combiner_task"] = _text(mod.task) or ""
-        out["combiner_system"] = _text(custom.combiner_system) or builtin_template(
+        if recipe_text(mod.task):
+            out["combiner_task"] = recipe_text(mod.task) or ""
+        out["combiner_system"] = recipe_text(custom.combiner_system) or builtin_template(
             BUILTIN["combiner_system"]
         )
-        out["combiner_turn"] = _text(custom.combiner_turn) or builtin_template(
+        out["combiner_turn"] = recipe_text(custom.combiner_turn) or builtin_template(
             BUILTIN["combiner_turn"]
         )
         out["combiner_combination"] = combination_source(mod.combination, default_combination(cfg))[
             1
         ]
         if writes_instructions(cfg):
-            out["auto_instructions"] = _text(custom.auto_instructions) or builtin_template(
+            out["auto_instructions"] = recipe_text(custom.auto_instructions) or builtin_template(
                 BUILTIN["auto_instructions"]
             )
     return out
