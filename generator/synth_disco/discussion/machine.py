@@ -62,6 +62,25 @@ class Conversation(Protocol):
     def prompts(self) -> list[Any]: ...
 
 
+def spec_columns(spec: DiscussionSpec, factors: list[str]) -> dict[str, Any]:
+    """The ``discussions`` columns a discussion's plan decides (its place in the design, its
+    post and its participants), the same for a forum thread and a structure."""
+    return {
+        "discussion_id": spec.discussion_id,
+        "index": spec.index,
+        "cell_id": spec.cell_id,
+        **{f: spec.cell.get(f) for f in factors},
+        "replicate": spec.replicate,
+        "seed": spec.seed,
+        "post_id": spec.post.id,
+        "title": spec.post.title,
+        "op": spec.post.op.text,
+        "op_author": spec.post.op.author,
+        "seed_comments": [{"author": c.author, "text": c.text} for c in spec.post.comments[1:]],
+        "participants": [p.to_dict() for p in spec.participants],
+    }
+
+
 def comment_row(comment: Comment) -> dict[str, Any]:
     """A comment as a row of the ``comments`` table. Forum comments have no cycle or
     position; their ``parent_ids`` is the one comment they reply to."""

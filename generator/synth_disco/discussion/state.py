@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply, is_no_intervention
-from synth_disco.discussion.machine import Ask
+from synth_disco.discussion.machine import Ask, spec_columns
 from synth_disco.discussion.moderation import may_decline, speaks_after, takes_turns
 from synth_disco.discussion.policies import Node, next_turn
 from synth_disco.discussion.prompts import (
@@ -462,18 +462,7 @@ class DiscussionState:
         generated = self.comments[self.n_seed :]
         params = self._params(model_cfg)
         return {
-            "discussion_id": spec.discussion_id,
-            "index": spec.index,
-            "cell_id": spec.cell_id,
-            **{f: spec.cell.get(f) for f in factors},
-            "replicate": spec.replicate,
-            "seed": spec.seed,
-            "post_id": spec.post.id,
-            "title": spec.post.title,
-            "op": spec.post.op.text,
-            "op_author": spec.post.op.author,
-            "seed_comments": [{"author": c.author, "text": c.text} for c in spec.post.comments[1:]],
-            "participants": [p.to_dict() for p in spec.participants],
+            **spec_columns(spec, factors),
             "moderator": None
             if mod is None
             else {

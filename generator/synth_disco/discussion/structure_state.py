@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply
-from synth_disco.discussion.machine import Ask
+from synth_disco.discussion.machine import Ask, spec_columns
 from synth_disco.discussion.state import model_label
 from synth_disco.discussion.structure_prompts import (
     agent_messages,
@@ -398,18 +398,7 @@ class StructureState:
         params = sampling_params_from(model_cfg)
         structure = self.structure
         return {
-            "discussion_id": spec.discussion_id,
-            "index": spec.index,
-            "cell_id": spec.cell_id,
-            **{f: spec.cell.get(f) for f in factors},
-            "replicate": spec.replicate,
-            "seed": spec.seed,
-            "post_id": spec.post.id,
-            "title": spec.post.title,
-            "op": spec.post.op.text,
-            "op_author": spec.post.op.author,
-            "seed_comments": [{"author": c.author, "text": c.text} for c in spec.post.comments[1:]],
-            "participants": [p.to_dict() for p in spec.participants],
+            **spec_columns(spec, factors),
             "moderator": None
             if mod is None
             else {
