@@ -79,7 +79,7 @@ def ensure_smollm2(cache: Path | None = None) -> Path:
     return target
 
 
-def ensure_smollm2_checkpoint(cache: Path | None = None) -> Path:
+def ensure_smollm2_checkpoint(cache: Path | None = None, dtype: str = "float32") -> Path:
     """A float32 safetensors directory of the built-in model (tokenizer and chat template
     included), converted from the GGUF file on first use.
 
@@ -88,7 +88,7 @@ def ensure_smollm2_checkpoint(cache: Path | None = None) -> Path:
     there. Built next to the GGUF file and renamed into place when complete.
     """
     gguf = ensure_smollm2(cache)
-    target = gguf.parent / "hf-float32"
+    target = gguf.parent / f"hf-{dtype}"
     if (target / "config.json").is_file():
         return target
     import torch  # only here: fetching the GGUF file needs neither torch nor transformers
@@ -101,10 +101,12 @@ def ensure_smollm2_checkpoint(cache: Path | None = None) -> Path:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config.dtype = getattr(torch, dtype)
+    plain = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=".hf-float32-", dir=gguf.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".hf-{dtype}-", dir=gguf.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is readable like pip's
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
