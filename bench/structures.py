@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -118,17 +119,18 @@ def run_one_call_per_response(specs: list[Any], engine: Any) -> tuple[float, int
     return t.seconds, counting.calls, out
 
 
-def load_engine(threads: int, max_batch_size: int, max_batch_tokens: int | None) -> Any:
+def load_engine(threads: int, max_batch_size: int | None, max_batch_tokens: int | None) -> Any:
     from synth_disco.engines.base import EngineConfig
     from synth_disco.engines.hf import TransformersEngine
 
     set_torch_threads(threads)
+    limits = {"max_batch_size": max_batch_size} if max_batch_size else {}
     config = EngineConfig(
         str(forced_length_tiny_model()),
         dtype="float32",
         device="cpu",
-        max_batch_size=max_batch_size,
         max_batch_tokens=max_batch_tokens,
+        **limits,
     )
     return TransformersEngine(config, model_id="tiny")
 
@@ -140,8 +142,15 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads, the same for both sides (default: every CPU this process may use)",
+    )
+    ap.add_argument(
+        "--max-batch-size", type=int, default=None, help="engine batch rows (default: its own)"
+    )
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     ap.add_argument(
         "--baseline-discussions",
@@ -150,7 +159,7 @@ def main() -> None:
         help="run the one-call side on this many ensembles only (compared per response)",
     )
     args = ap.parse_args()
-    reexec_pinned(args.threads)
+    reexec_pinned(args.threads, allocator=False)  # both sides share one process: no RSS
     logging.getLogger("synth_disco").setLevel(logging.WARNING)
 
     w = Workload("structures", args.discussions, args.agents, 1, args.new_tokens, 0)
@@ -226,7 +235,7 @@ def main() -> None:
     print(
         f"workload: {w.discussions} ensembles x {args.agents} agents x {args.cycles} cycles x "
         f"{w.new_tokens} new tokens, tiny model, greedy, float32, {args.threads} threads, "
-        f"max_batch_size {args.max_batch_size}; median of {args.repeats}"
+        f"max_batch_size {args.max_batch_size or 'default'}; median of {args.repeats}"
     )
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg']}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from synth_disco.engines.base import (
     capabilities_of,
 )
 from synth_disco.engines.hf import TransformersEngine
+from synth_disco.engines.hf.cache_room import with_room
+from synth_disco.engines.hf.load import cpu_batch_tokens
+from synth_disco.engines.hf.prefill import AUTO_FLOOR_TOKENS
 from synth_disco.engines.hf.prefix_cache import PrefixStore
 from synth_disco.engines.hf.sampler import SeededSampler
 from synth_disco.engines.registry import ENGINE_NAMES, ENGINES, load_engine
@@ -309,11 +313,70 @@ def test_score_reuses_shared_prompts_without_changing_probabilities(tiny_path: P
     assert cached.prefix_stats()["hit_tokens"] > 0 and cached._prefill.fast
 
 
-def test_default_prefix_store_is_sized_to_the_model(engine: TransformersEngine) -> None:
-    # One batch of 1,024-token prompts of the tiny model: a few MiB, not a fixed 512 MiB.
-    budget = engine._prefill.store.budget_bytes
-    assert budget == engine.config.max_batch_size * 1024 * engine.lm.kv_bytes_per_token
-    assert budget < 64 * 2**20
+def test_default_prefix_store_is_sized_to_the_model(tiny_path: Path) -> None:
+    # 64 prompts of 1,024 tokens of the tiny model: a few MiB, not a fixed 512 MiB.
+    eng = cpu_engine(tiny_path)
+    budget = eng._prefill.store.budget_bytes
+    assert budget == AUTO_FLOOR_TOKENS * eng.lm.kv_bytes_per_token < 64 * 2**20
+
+
+def test_default_prefix_store_grows_to_hold_every_prompt_of_a_call(tiny_path: Path) -> None:
+    # The next call's prompts extend this call's. A store that cannot hold all of them evicts
+    # exactly the prefixes the next call needs (here one with room for two prompts, as a call
+    # of thousands of prompts finds a fixed budget): an automatic store grows to fit.
+    eng = cpu_engine(tiny_path)
+    store, kv = eng._prefill.store, eng.lm.kv_bytes_per_token
+    first = [ChatRequest(f"a{i}", chat(i, words=30), seed=i, params=GREEDY) for i in range(12)]
+    lengths = [len(eng.lm.encode(r.messages)) for r in first]
+    store.budget_bytes = 2 * max(lengths) * kv
+    replies = eng.generate(first)
+    assert store.budget_bytes >= sum(lengths) * kv
+    hits = store.hit_tokens
+    second = [
+        ChatRequest(
+            f"b{i}",
+            [*r.messages, {"role": "assistant", "content": c.text}, {"role": "user", "content": "More?"}],
+            seed=i,
+            params=GREEDY,
+        )
+        for i, (r, c) in enumerate(zip(first, replies, strict=True))
+    ]
+    eng.generate(second)
+    assert store.hit_tokens - hits >= 0.9 * sum(n - 1 for n in lengths)
+    # A configured budget is the user's: it stays as set.
+    fixed = cpu_engine(tiny_path, prefix_cache_mb=0.01)
+    fixed.generate(first)
+    assert fixed._prefill.store.budget_bytes == int(0.01 * 2**20)
+
+
+def test_generation_cache_has_room_and_decodes_in_place(engine: TransformersEngine) -> None:
+    lm = engine.lm
+    ids = torch.tensor([lm.encode(chat(3))])
+    with torch.inference_mode():
+        plain = lm.model(input_ids=ids, use_cache=True)
+        roomy = lm.model(input_ids=ids, use_cache=True)
+        cache_a, cache_b = plain.cache, with_room(roomy.cache, 4)
+        start = cache_b.layers[0].keys.data_ptr()
+        token = plain.logits[:, -1:].argmax(-1)
+        for _ in range(5):  # four steps in the room, then one past it (grows as usual)
+            a = lm.model(input_ids=token, cache=cache_a, use_cache=True).logits
+            b = lm.model(input_ids=token, cache=cache_b, use_cache=True).logits
+            assert torch.equal(a, b)
+            if cache_b.get_seq_length() <= ids.shape[1] + 4:
+                assert cache_b.layers[0].keys.data_ptr() == start  # written in place
+            token = a[:, -1:].argmax(-1)
+    assert cache_b.get_seq_length() == cache_a.get_seq_length() == ids.shape[1] + 5
+
+
+def test_cpu_batches_are_bounded_by_the_machines_memory(tiny_path: Path) -> None:
+    # On a CPU, running out of memory kills the process (no error to halve the batch on), so
+    # the default batch is bounded by its KV cache: a quarter of the machine's memory.
+    eng = cpu_engine(tiny_path)
+    assert eng._batcher.max_batch_tokens == cpu_batch_tokens(eng.lm.kv_bytes_per_token)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    kv_30_layers = 30 * 3 * 64 * 2 * 4  # a SmolLM2-135M token in float32
+    assert cpu_batch_tokens(kv_30_layers) * kv_30_layers <= 0.25 * memory
+    assert cpu_engine(tiny_path, max_batch_tokens=500)._batcher.max_batch_tokens == 500
 
 
 def test_prefix_store_finds_longest_prefix_and_respects_budget() -> None:

@@ -37,6 +37,12 @@ def _patterns(names: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str] 
 
 
 def _strip_names(text: str, names: tuple[str, ...], others: set[str]) -> str:
+    # Both patterns need a name in the text: most replies have none, and a substring test
+    # is far cheaper than compiling the discussion's patterns (casefold covers what
+    # re.IGNORECASE matches).
+    folded = text.casefold()
+    if not any(n.casefold() in folded for n in names):
+        return text
     prefix, turn_start = _patterns(names)
     # A reply may echo its own name; strip repeatedly ("Alice: Alice: hi").
     for _ in range(3):

@@ -37,7 +37,7 @@ from synth_disco.engines.base import (
 )
 from synth_disco.engines.common import FROZEN_HEAP, Batcher
 from synth_disco.engines.hf.generate import Generator
-from synth_disco.engines.hf.load import LoadedModel, load_model, record_name
+from synth_disco.engines.hf.load import LoadedModel, cpu_batch_tokens, load_model, record_name
 from synth_disco.engines.hf.prefill import Prefiller
 from synth_disco.engines.hf.score import LabelScorer
 from synth_disco.engines.hf.thread_score import ThreadScorer
@@ -65,8 +65,11 @@ class TransformersEngine:
         self.model_id = model_id or config.model
         self.revision = config.revision
         self.lm: LoadedModel = load_model(config, record_name(self.model_id))
-        self._batcher = Batcher(config.max_batch_size, config.max_batch_tokens, self._free_memory)
-        self._prefill = Prefiller(self.lm, config.prefix_cache_mb, config.max_batch_size)
+        batch_tokens = config.max_batch_tokens
+        if batch_tokens is None and self.lm.device.type == "cpu":
+            batch_tokens = cpu_batch_tokens(self.lm.kv_bytes_per_token)
+        self._batcher = Batcher(config.max_batch_size, batch_tokens, self._free_memory)
+        self._prefill = Prefiller(self.lm, config.prefix_cache_mb)
         self._generator = Generator(self.lm, self._prefill, self._batcher)
         self._scorer = LabelScorer(self.lm, self._prefill, self._batcher)
         self._threads = ThreadScorer(self.lm, self._prefill, self._batcher, self._scorer)

@@ -41,6 +41,7 @@ from transformers import (
 
 from synth_disco.engines.base import ChatRequest, Completion
 from synth_disco.engines.common import Batcher, all_done, error_completion, short
+from synth_disco.engines.hf.cache_room import with_room
 from synth_disco.engines.hf.load import LoadedModel
 from synth_disco.engines.hf.prefill import Prefiller
 from synth_disco.engines.hf.sampler import SeededSampler
@@ -94,6 +95,7 @@ class Generator:
             key = (p.max_new_tokens, float(p.repetition_penalty), tuple(p.stop))
             groups.setdefault(key, []).append(GenItem(i, req, ids))
 
+        self.prefiller.expect(sum(len(it.ids) for items in groups.values() for it in items))
         for (max_new, penalty, stop), items in groups.items():
             items.sort(key=lambda it: (len(it.ids), it.index))
 
@@ -140,6 +142,8 @@ class Generator:
         criteria = StoppingCriteriaList([stopping] if stopping is not None else [])
         with torch.inference_mode():
             cache = self.prefiller.prefill([it.ids for it in items], prompt_len)
+            if cache is not None:
+                cache = with_room(cache, max_new_tokens + 1)
             out = lm.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,

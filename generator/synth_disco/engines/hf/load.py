@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 _CPU_PREFILL_LIMITS = (2048, 8 * 2**20)
 _CPU_ACTIVATION_BYTES = 32 * 2**20
 _CPU_PREFILL_MAX_TOKENS = 16384
+# Share of a CPU machine's memory the key/value cache of one generation batch may take.
+CPU_KV_SHARE = 0.25
 
 
 @dataclass
@@ -303,6 +306,18 @@ def cpu_prefill_limits(model: Any) -> tuple[int, int]:
     fits = _CPU_ACTIVATION_BYTES // ((6 * hidden + 3 * mlp) * dtype_bytes(model))
     floor, mask_bytes = _CPU_PREFILL_LIMITS
     return max(floor, min(_CPU_PREFILL_MAX_TOKENS, fits)), mask_bytes
+
+
+def cpu_batch_tokens(kv_bytes: int, share: float = CPU_KV_SHARE) -> int:
+    """Padded tokens (prompt + new) one batch may hold on a CPU: their key/value cache in
+    ``share`` of the machine's memory. On a GPU running out of memory is an error the batcher
+    catches and halves; on a CPU the kernel kills the process instead, so the default batch
+    size is bounded before it can (a 64 MiB floor keeps tiny configs working)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: assume 8 GiB
+        memory = 8 * 2**30
+    return max(64 * 2**20, int(memory * share)) // max(kv_bytes, 1)
 
 
 def kv_bytes_per_token(model: Any) -> int:

@@ -22,6 +22,11 @@ from synth_disco.engines.hf.prefix_cache import LayerKV, PrefixStore
 
 log = logging.getLogger(__name__)
 
+# An automatic prefix store starts with room for 64 prompts of 1,024 tokens and grows to hold
+# every prompt of a call, up to AUTO_CAP_BYTES (bytes on the model's device).
+AUTO_FLOOR_TOKENS = 64 * 1024
+AUTO_CAP_BYTES = 512 * 2**20
+
 
 def row_kv(cache: Any, row: int, start: int, stop: int) -> LayerKV:
     """Copies of one row's key/value states in slots ``[start, stop)``, every layer (for the
@@ -36,16 +41,19 @@ class Prefiller:
     """Runs prompts through the model, reusing stored prefixes; owns the prefix store.
 
     ``prefix_cache_mb`` bounds the memory (on the model's device) that keeps prompt KV states
-    for reuse by later prompts sharing their prefix; 0 turns prefix reuse off. None sizes it to
-    one full batch of 1,024-token prompts (what the next turn of every discussion in flight
-    needs to find its previous prompt), at most 512 MiB: 16 MiB for the tiny model instead of
-    a fixed budget that would dominate a small model's memory.
+    for reuse by later prompts sharing their prefix; 0 turns prefix reuse off. None starts it
+    at 64 prompts of 1,024 tokens and grows it to hold every prompt of a call
+    (:meth:`expect`: what the next turn of every discussion in flight needs to find its
+    previous prompt), at most 512 MiB: a few MiB for the tiny model instead of a fixed budget
+    that would dominate a small model's memory.
     """
 
-    def __init__(self, lm: LoadedModel, prefix_cache_mb: float | None, max_batch_size: int):
+    def __init__(self, lm: LoadedModel, prefix_cache_mb: float | None):
         self.lm = lm
-        if prefix_cache_mb is None:
-            budget = min(512 * 2**20, max_batch_size * 1024 * lm.kv_bytes_per_token)
+        # None: sized to the work (see ``expect``), from a floor up to AUTO_CAP_BYTES.
+        self.auto = prefix_cache_mb is None
+        if self.auto:
+            budget = min(AUTO_CAP_BYTES, AUTO_FLOOR_TOKENS * lm.kv_bytes_per_token)
         else:
             budget = int(prefix_cache_mb * 2**20)
         self.store = PrefixStore(budget) if budget > 0 else None
@@ -64,6 +72,18 @@ class Prefiller:
             "entries": len(p),
             "bytes": p.nbytes,
         }
+
+    def expect(self, prompt_tokens: int) -> None:
+        """Make room for the prompts of one ``generate`` call (``prompt_tokens`` in all).
+
+        A call hands over every pending turn at once (one per discussion, or every agent of
+        every structure in flight), and the next call's prompts extend these: the store must
+        hold all of them, or least-recently-used eviction throws away exactly the prefixes
+        the next call needs. An automatic budget grows to fit, up to ``AUTO_CAP_BYTES``; a
+        configured ``prefix_cache_mb`` is kept as it is."""
+        if self.auto and self.store is not None:
+            need = prompt_tokens * self.lm.kv_bytes_per_token
+            self.store.budget_bytes = min(AUTO_CAP_BYTES, max(self.store.budget_bytes, need))
 
     def forget(self) -> None:
         """Empty the prefix store (frees its memory, e.g. after running out of it)."""
