@@ -16,9 +16,11 @@ import pytest
 
 from fakes import FakeEngine, make_spec
 from synth_disco.discussion.stage import DiscussionRunner
+from synth_disco.discussion.structure_state import StructureState
 from synth_disco.discussion.structures import Structure, order_seed
 from synth_disco.engines.base import ChatRequest, Completion, EngineConfig
 from synth_disco.recipe.schema import DiscussionConfig
+from synth_disco.seeds import derive_seed
 from synth_disco.store.run_dir import RunStore
 
 
@@ -53,12 +55,15 @@ def structure_spec(
     replicate: int = 0,
     discussion_id: str | None = None,
     recipe_seed: int = 5,
+    seed: int | None = None,
     **discussion,
 ):
+    """A structured discussion's spec; ``seed`` is the discussion's own seed (the plan derives
+    it from the recipe seed and the discussion id: ``plan_seed``)."""
     spec = make_spec(
         n=n,
         discussion_id=discussion_id or f"{structure}-r{replicate:05d}",
-        seed=hash(discussion_id or structure) % 1000 + replicate,
+        seed=hash(discussion_id or structure) % 1000 + replicate if seed is None else seed,
         extra={"structure": structure, "cycles": cycles, **discussion},
     )
     config = {
@@ -206,28 +211,88 @@ def test_combiner_sees_every_final_cycle_response(tmp_path, tiny):
         assert not any(len(r["text"]) >= 12 and r["text"] in user for r in earlier)
 
 
-def test_shuffle_is_seeded_matched_and_recorded(tmp_path, tiny):
-    # Two cells of one replicate and the same cell in another replicate.
-    a = structure_spec("chain", n=4, cycles=3, shuffle=True, discussion_id="a-r00000")
-    b = structure_spec("ensemble", n=4, cycles=3, shuffle=True, discussion_id="b-r00000")
-    c = structure_spec("chain", n=4, cycles=3, shuffle=True, replicate=1, discussion_id="a-r1")
-    comments, discussions, _ = run(tmp_path, [a, b, c], tiny)
+def plan_seed(discussion_id: str, recipe_seed: int = 5) -> int:
+    """A discussion's seed as ``design/plan.py`` derives it."""
+    return derive_seed(recipe_seed, discussion_id)
+
+
+def shuffled(structure: str, did: str, replicate: int = 0, **kw):
+    return structure_spec(
+        structure,
+        n=4,
+        cycles=3,
+        shuffle=True,
+        replicate=replicate,
+        discussion_id=did,
+        seed=plan_seed(did),
+        **kw,
+    )
+
+
+def test_shuffle_is_drawn_per_discussion_and_cycle_and_recorded(tmp_path, tiny):
+    # Two cells of one replicate: the same agents and task, each with its own seed.
+    a, b = shuffled("chain", "a-r00000"), shuffled("ensemble", "b-r00000")
+    comments, discussions, _ = run(tmp_path / "first", [a, b], tiny)
     orders = {d["discussion_id"]: d["orders"] for d in discussions}
-    for spec in (a, b, c):
+    cfg = DiscussionConfig(structure="chain", participants=4, shuffle=True)
+    for spec, row in zip((a, b), discussions, strict=True):
         got = orders[spec.discussion_id]
         assert all(sorted(o) == [0, 1, 2, 3] for o in got) and len(got) == 3
         names = [p.name for p in spec.participants]
         for r in responses_of(comments, spec.discussion_id):  # each response records its place
             assert got[r["cycle"] - 1][r["position"]] == names.index(r["author"])
-    assert orders["a-r00000"] == orders["b-r00000"]  # matched across the cells of a replicate
-    assert orders["a-r00000"] != orders["a-r1"]
-    assert len({tuple(o) for o in orders["a-r00000"]}) > 1  # drawn anew each cycle
-    # The draws: uniform over who goes first (800 replicates, 4 agents: 200 each).
-    cfg = DiscussionConfig(structure="chain", participants=4, shuffle=True)
-    firsts = Counter(Structure(cfg, 4, order_seed(5, rep)).order(1)[0] for rep in range(800))
-    assert set(firsts) == {0, 1, 2, 3} and all(abs(k - 200) < 45 for k in firsts.values())
-    unshuffled = DiscussionConfig(structure="chain", participants=4)
-    assert Structure(unshuffled, 4, order_seed(5, 0)).order(2) == [0, 1, 2, 3]
+        # Drawn from the discussion's recorded seed and the cycle: reproducible from the row.
+        assert got == [Structure(cfg, 4, order_seed(row["seed"])).order(c) for c in (1, 2, 3)]
+        assert len({tuple(o) for o in got}) > 1  # drawn anew each cycle
+    assert orders["a-r00000"] != orders["b-r00000"]  # each cell of the replicate its own
+    # A rebuild draws the same orders.
+    _, again, _ = run(tmp_path / "again", [a, b], tiny)
+    assert {d["discussion_id"]: d["orders"] for d in again} == orders
+
+
+def test_shuffled_orders_are_the_same_after_a_resume(tmp_path):
+    spec = shuffled("chain", "a-r00000")
+    store = RunStore(tmp_path / "resumed")
+    steps = {"n": 0}
+
+    def stop() -> bool:
+        steps["n"] += 1
+        return steps["n"] > 6  # half way through cycle 2
+
+    runner = DiscussionRunner(
+        store, lambda s: [spec], lambda cfg: FakeEngine(), [], should_stop=stop
+    )
+    assert runner.run([0]).stopped
+    DiscussionRunner(store, lambda s: [spec], lambda cfg: FakeEngine(), []).run([0])
+    resumed = store.read_shard("discuss", 0, "discussions").to_pylist()
+    comments, whole, _ = run(tmp_path / "whole", [spec], FakeEngine())
+    assert resumed[0]["orders"] == whole[0]["orders"]
+    placed = [(r["cycle"], r["position"], r["author"]) for r in comments if r["cycle"]]
+    again = store.read_shard("discuss", 0, "comments").to_pylist()
+    assert [(r["cycle"], r["position"], r["author"]) for r in again if r["cycle"]] == placed
+
+
+def test_orders_are_independent_across_cells_and_cycles():
+    """Over 600 replicates of two cells (4 agents: 24 orders), two orders agree about 1/24 of
+    the time: between the cells of a replicate (they always did when the order was drawn per
+    replicate) and between the cycles of a discussion. Who goes first is uniform."""
+    n = 600
+    same_cells = same_cycles = 0
+    firsts: Counter = Counter()
+    for rep in range(n):
+        chain, ensemble = (
+            StructureState(shuffled(kind, f"{kind}-r{rep:05d}", replicate=rep)).structure
+            for kind in ("chain", "ensemble")
+        )
+        same_cells += chain.order(1) == ensemble.order(1)
+        same_cycles += chain.order(1) == chain.order(2)
+        firsts[chain.order(1)[0]] += 1
+    for same in (same_cells, same_cycles):
+        assert n / 24 / 2 < same < n / 24 * 2, same
+    assert set(firsts) == {0, 1, 2, 3} and all(abs(k - n / 4) < 40 for k in firsts.values())
+    unshuffled = structure_spec("chain", n=4, cycles=3, seed=plan_seed("chain-r00000"))
+    state = StructureState(unshuffled)
+    assert [state.structure.order(c) for c in (1, 2, 3)] == [[0, 1, 2, 3]] * 3
 
 
 def test_auto_instructions_written_once_retried_when_empty_and_reused_after_resume(tmp_path):

@@ -89,8 +89,7 @@ class StructureState:
         mod = self.combiner
         self.moderator_model_name = (mod.model if mod and mod.model else None) or self.model_name
         self.agents = list(spec.participants)
-        seed = order_seed(int(spec.config.get("seed", 0)), spec.replicate)
-        self.structure = Structure(self.cfg, len(self.agents), seed)
+        self.structure = Structure(self.cfg, len(self.agents), order_seed(spec.seed))
         self._templates = templates_for_structure(self.cfg)
         self.task = render_task(self._templates["task"], spec.post)
         combiner_task = self._templates.get("combiner_task")

@@ -17,12 +17,14 @@ answers the task once; what it is shown of the responses written so far is the s
 
 Then ``last_n`` keeps the last n of what an agent would see (all when unset). What is shown is
 ordered by cycle, then by position in the cycle. ``shuffle`` draws the agents' order anew for
-each cycle, seeded by the recipe seed, the replicate and the cycle (``order_seed``), so the
-order is the same after a resume and on any machine, and the same in every cell of a
-replicate: like the people and the task, it is matched across the conditions compared (a
-chain and an ensemble of one replicate hear the same agents in the same order). It is
-recorded per response (``position``) and per discussion (``orders``). A graph's order is
-given by its edges, so it is not shuffled.
+each discussion and cycle, from the discussion's own seed (which the plan derives from the
+discussion id; ``order_seed``) and the cycle, so the order is the same after a resume and on
+any machine. It counterbalances the order within each discussion: the cells of a replicate
+share their people and task (the matched design pairs those), not their orders, which are
+drawn independently (a chain and an ensemble of one replicate hear the same agents in
+orders of their own). It is recorded per response (``position``) and per discussion
+(``orders``), and the ``seed`` column reproduces it. A graph's order is given by its edges,
+so it is not shuffled.
 
 A combiner moderator, if any, answers after the last cycle and sees every response of the last
 cycle, in position order (``last_n`` does not apply to it).
@@ -83,9 +85,13 @@ class Shown:
         }
 
 
-def order_seed(recipe_seed: int, replicate: int) -> int:
-    """The seed of the agents' order in the discussions of one replicate (all its cells)."""
-    return derive_seed(recipe_seed, "order", replicate)
+def order_seed(discussion_seed: int) -> int:
+    """The seed one discussion's agents' orders are drawn from (with the cycle, ``order``).
+
+    It comes from the discussion's own seed (``DiscussionSpec.seed``), so every discussion,
+    each cell of a replicate included, gets orders of its own, and a rebuild or a resume of
+    that discussion draws the same ones. The ``Structure`` takes the seed, not the recipe."""
+    return derive_seed(discussion_seed, "order")
 
 
 class Structure:
@@ -259,7 +265,8 @@ def describe(cfg: DiscussionConfig) -> str:
         )
     text += f" The structure runs {cfg.cycles} cycle{'s' if cfg.cycles != 1 else ''}"
     text += (
-        "; the agents' order is shuffled in each cycle (seeded)."
+        "; the agents' order is drawn anew in each discussion and cycle (seeded by the "
+        "discussion's seed)."
         if cfg.shuffle and kind != "graph"
         else "."
     )
