@@ -82,6 +82,50 @@ def test_structures_are_compared_on_the_same_tasks_and_agents(reference):
             assert all(sorted(o) == list(range(n)) for o in d["orders"])
 
 
+def test_every_structure_comment_points_at_its_prompt_and_exports_with_it(reference, tmp_path):
+    prompts = {p["prompt_id"]: p for p in rows(reference, "prompts")}
+    discussions = {d["discussion_id"]: d for d in rows(reference, "discussions")}
+    generated = [c for c in rows(reference, "comments") if c["role"] in ("user", "moderator")]
+    assert len(generated) == sum(d["turns"] + 1 for d in discussions.values())  # + the final
+    for c in generated:
+        prompt = prompts[c["prompt_id"]]  # not None, and in the `prompts` config
+        d = discussions[c["discussion_id"]]
+        if c["role"] == "moderator":
+            assert prompt["role"] == "moderator"
+            assert d["moderator_instructions"] in prompt["system"]  # the `auto` instructions
+        else:
+            assert prompt["role"] == "participant" and c["author"] in prompt["system"]
+            persona = next(p["persona"] for p in d["participants"] if p["name"] == c["author"])
+            assert persona["description"] in prompt["system"]
+    # Agents with different personas answer from different prompts; one agent from one.
+    by_persona: dict[tuple[str, str], set[str]] = {}
+    for c in generated:
+        if c["role"] == "user":
+            by_persona.setdefault((c["discussion_id"], c["persona_id"]), set()).add(c["prompt_id"])
+    assert all(len(ids) == 1 for ids in by_persona.values())
+    for did in discussions:
+        mine = [ids for (d, _), ids in by_persona.items() if d == did]
+        assert len(set().union(*mine)) == len(mine) == len(discussions[did]["participants"])
+    # SynDisco's logs: each structure comment carries the system message it was made from.
+    done = subprocess.run(
+        [sys.executable, "-m", "synth_disco", "export", str(reference), "--format", "syndisco"]
+        + ["--out", str(tmp_path / "logs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for did in discussions:
+        logs = json.loads((tmp_path / "logs" / f"{did}.json").read_text())["logs"]
+        mine = sorted((c for c in generated if c["discussion_id"] == did), key=lambda c: c["index"])
+        assert logs[0]["model"] == "hardcoded"  # the task
+        assert len(logs) == len(mine) + 1
+        for entry, c in zip(logs[1:], mine, strict=True):
+            system = json.loads(entry["prompt"])["system"]
+            assert entry["text"] == c["text"] and system == prompts[c["prompt_id"]]["system"]
+            assert system
+
+
 def test_survey_weights_never_reach_a_prompt(reference):
     personas = [r for r in rows(reference, "personas") if r["pool"] == "respondents"]
     assert personas

@@ -211,6 +211,35 @@ def test_combiner_sees_every_final_cycle_response(tmp_path, tiny):
         assert not any(len(r["text"]) >= 12 and r["text"] in user for r in earlier)
 
 
+def test_every_response_points_at_the_prompt_it_was_made_from(tmp_path, tiny):
+    mod = {"name": "Chair", "role": "combiner", "instructions": "Be fair.", "task": "Judge it."}
+    spec = structure_spec("chain", n=3, cycles=2, moderator=mod, context="A town meeting.")
+    store = RunStore(tmp_path)
+    recording = Recording(tiny)
+    DiscussionRunner(store, lambda s: [spec], lambda cfg: recording, []).run([0])
+    comments = store.read_shard("discuss", 0, "comments").to_pylist()
+    prompts = {p["prompt_id"]: p for p in store.read_shard("discuss", 0, "prompts").to_pylist()}
+    names = [p.name for p in spec.participants]
+    by_agent: dict[str, set[str]] = {}
+    for c in comments[1:]:
+        prompt = prompts[c["prompt_id"]]
+        key = "final" if c["cycle"] is None else f"c{c['cycle']}s{names.index(c['author'])}"
+        system = recording.requests[f"{spec.discussion_id}/{key}/0.0"].messages[0]["content"]
+        assert prompt["system"] == system  # the system message it was really made from
+        templates = [t["name"] for t in prompt["templates"]]
+        if c["role"] == "moderator":
+            assert prompt["role"] == "moderator" and "Be fair." in system
+            assert templates == ["combiner_task", "combiner_turn", "combiner_combination"]
+        else:
+            assert prompt["role"] == "participant" and c["author"] in system
+            assert templates == ["task", "agent_turn", "combination"]
+            by_agent.setdefault(c["author"], set()).add(c["prompt_id"])
+    assert comments[0]["prompt_id"] is None  # the task
+    # One prompt per agent (its persona is in its system message), the same in every cycle.
+    assert all(len(ids) == 1 for ids in by_agent.values()) and len(by_agent) == 3
+    assert len(set().union(*by_agent.values())) == 3 and len(prompts) == 4
+
+
 def plan_seed(discussion_id: str, recipe_seed: int = 5) -> int:
     """A discussion's seed as ``design/plan.py`` derives it."""
     return derive_seed(recipe_seed, discussion_id)

@@ -26,6 +26,12 @@ combination presets), written for synth-disco; a recipe may replace each one und
 
 As in the forum, the stable part of an agent's prompt (who it is) comes first and the part
 that grows (the responses it is shown) last.
+
+What a response was made from is published as in the forum (``records.Prompt``, the
+``prompts`` config): the rendered system message and the sources of the templates its user
+message is rendered from (``agent_prompt``, ``combiner_prompt``). An agent's system message
+says who it is, so each agent has a prompt of its own; the combiner's holds its instructions
+(the model's, under `auto`).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from synth_disco.discussion.prompts import builtin_template, recipe_text, render
 from synth_disco.discussion.structures import Shown, has_combiner, writes_instructions
 from synth_disco.recipe.schema import DiscussionConfig
 from synth_disco.recipe.templates import combination_presets, is_preset_name
-from synth_disco.records import Post
+from synth_disco.records import Post, Prompt
 
 # Template name -> its built-in file.
 BUILTIN = {
@@ -144,6 +150,48 @@ def render_combination(
     )
 
 
+def agent_system(
+    templates: dict[str, str], *, context: str, agent: dict[str, Any], structure: str
+) -> str:
+    """An agent's system message: who it is (the same in every cycle)."""
+    return render(templates["agent_system"], context=context, agent=agent, structure=structure)
+
+
+def combiner_system(
+    templates: dict[str, str], *, context: str, moderator: dict[str, Any], task: str
+) -> str:
+    """The combiner's system message: who it is and its instructions."""
+    return render(templates["combiner_system"], context=context, moderator=moderator, task=task)
+
+
+def agent_prompt(
+    templates: dict[str, str], *, context: str, agent: dict[str, Any], structure: str
+) -> Prompt:
+    """The prompt an agent's responses are made from (role ``participant``), as the forum's
+    ``DiscussionState.prompt`` publishes a speaker's: its system message, and the templates its
+    user message is rendered from (the task from the post, the turn, the combination of the
+    responses it is shown)."""
+    system = agent_system(templates, context=context, agent=agent, structure=structure)
+    return Prompt("participant", system, _sources(templates, "task", "agent_turn", "combination"))
+
+
+def combiner_prompt(
+    templates: dict[str, str], *, context: str, moderator: dict[str, Any], task: str
+) -> Prompt:
+    """The prompt the combiner's final response is made from (role ``moderator``): its system
+    message (its instructions included) and its user message's templates; the task template
+    is its own (``combiner_task``) when it has one."""
+    system = combiner_system(templates, context=context, moderator=moderator, task=task)
+    task_name = "combiner_task" if "combiner_task" in templates else "task"
+    sources = _sources(templates, task_name, "combiner_turn", "combiner_combination")
+    return Prompt("moderator", system, sources)
+
+
+def _sources(templates: dict[str, str], *names: str) -> tuple[tuple[str, str], ...]:
+    """(name, source) of the named templates, in the order given."""
+    return tuple((n, templates[n]) for n in names)
+
+
 def agent_messages(
     templates: dict[str, str],
     *,
@@ -164,7 +212,7 @@ def agent_messages(
         structure=structure,
         cycles=cycles,
     )
-    system = render(templates["agent_system"], context=context, agent=agent, structure=structure)
+    system = agent_system(templates, context=context, agent=agent, structure=structure)
     user = render(
         templates["agent_turn"],
         task=task,
@@ -196,7 +244,7 @@ def combiner_messages(
         structure=structure,
         cycles=cycles,
     )
-    system = render(templates["combiner_system"], context=context, moderator=moderator, task=task)
+    system = combiner_system(templates, context=context, moderator=moderator, task=task)
     user = render(templates["combiner_turn"], task=task, combined=combined, moderator=moderator)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 

@@ -15,7 +15,11 @@ derived from the key and the attempt), ``event`` (a failed turn), ``end`` and ``
 Rows: the task is the discussion's first comment (role ``op``: the post itself, by its author,
 when the task is the post; else the rendered ``task``, by ``task``); every response is a
 comment (role ``user``; the combiner's final response role ``moderator``) with ``cycle``,
-``position`` and ``parent_ids`` (what its author was shown, or the task).
+``position``, ``parent_ids`` (what its author was shown, or the task) and ``prompt_id``: the
+prompt it was made from (``prompts()``, one per agent and one for the combiner, as
+``structure_prompts.agent_prompt`` and ``combiner_prompt`` say). The `auto` instructions are
+no comment: they are the discussion's ``moderator_instructions``, and part of the combiner's
+system message.
 
 An empty answer (after cleaning) is retried up to ``max_empty_retries`` times, then the
 discussion fails, as a forum turn does; an engine error fails it at once. The `auto`
@@ -34,7 +38,9 @@ from synth_disco.discussion.machine import Ask, spec_columns
 from synth_disco.discussion.state import model_label
 from synth_disco.discussion.structure_prompts import (
     agent_messages,
+    agent_prompt,
     combiner_messages,
+    combiner_prompt,
     instruction_messages,
     render_task,
     templates_for_structure,
@@ -50,7 +56,7 @@ from synth_disco.discussion.structures import (
 from synth_disco.engines.base import ChatRequest, Completion
 from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.recipe.schema import DiscussionConfig, ModelConfig
-from synth_disco.records import DiscussionSpec, Event, Response
+from synth_disco.records import DiscussionSpec, Event, Prompt, Response
 from synth_disco.seeds import derive_seed
 
 FINAL = "final"
@@ -95,6 +101,7 @@ class StructureState:
         combiner_task = self._templates.get("combiner_task")
         self.moderator_task = render_task(combiner_task, spec.post) if combiner_task else self.task
         self._names = [p.name for p in self.agents] + ([mod.name] if mod else [])
+        self._prompt_ids: dict[int | None, str] = {}  # slot (None: the combiner) -> prompt id
 
         self.comments: list[Response] = []
         self.events: list[Event] = []
@@ -141,10 +148,36 @@ class StructureState:
     def task_id(self) -> str:
         return self.comments[0].comment_id
 
-    def prompts(self) -> list:
-        """The prompts config's rows of this discussion. Structures publish none yet: their
-        comments carry no ``prompt_id`` (the card prints every structure template instead)."""
-        return []
+    def prompt(self, slot: int | None) -> Prompt:
+        """The prompt agent ``slot``'s responses are made from (None: the combiner's final
+        response, once its instructions are known)."""
+        context = _text(self.cfg.context)
+        if slot is None:
+            return combiner_prompt(
+                self._templates,
+                context=context,
+                moderator=self._moderator_vars(),
+                task=self.moderator_task,
+            )
+        return agent_prompt(
+            self._templates,
+            context=context,
+            agent=self._agent_vars(slot),
+            structure=self.structure.kind,
+        )
+
+    def _prompt_id(self, slot: int | None) -> str:
+        if slot not in self._prompt_ids:  # rendered once per agent
+            self._prompt_ids[slot] = self.prompt(slot).id
+        return self._prompt_ids[slot]
+
+    def prompts(self) -> list[Prompt]:
+        """The prompts config's rows of this discussion: those its responses point at by
+        ``prompt_id``, the agents' in slot order, then the combiner's."""
+        out = [self.prompt(slot) for slot in sorted({s.slot for s in self.said})]
+        if self.final is not None:
+            out.append(self.prompt(None))
+        return out
 
     @property
     def wrote_instructions(self) -> bool:
@@ -199,6 +232,18 @@ class StructureState:
             "instructions": self.instructions or "",
         }
 
+    def _agent_vars(self, slot: int) -> dict[str, Any]:
+        """What the agent templates see of agent ``slot`` (``agent``): its prompt and its
+        requests render from the same variables."""
+        agent = self.agents[slot]
+        return {
+            "name": agent.name,
+            "label": self.structure.label(slot, None),
+            "persona": agent.persona.description,
+            "instructions": agent.instructions,
+            "slot": slot,
+        }
+
     def _request(self, p: _Pending) -> ChatRequest:
         structure = self.structure
         if p.key == INSTRUCTIONS:
@@ -217,17 +262,10 @@ class StructureState:
             )
         else:
             assert p.slot is not None and p.cycle is not None
-            agent = self.agents[p.slot]
             messages = agent_messages(
                 self._templates,
                 context=_text(self.cfg.context),
-                agent={
-                    "name": agent.name,
-                    "label": structure.label(p.slot, None),
-                    "persona": agent.persona.description,
-                    "instructions": agent.instructions,
-                    "slot": p.slot,
-                },
+                agent=self._agent_vars(p.slot),
                 task=self.task,
                 shown=p.shown,
                 structure=structure.kind,
@@ -333,6 +371,7 @@ class StructureState:
             if p.slot is not None and p.cycle is not None
             else None,
             parent_ids=parents,
+            prompt_id=self._prompt_id(p.slot),
         )
         return {"t": "comment", "d": response.discussion_id, "slot": p.key, **response.to_dict()}
 
