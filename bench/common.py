@@ -336,3 +336,24 @@ def run_json_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[
     if not lines:
         raise RuntimeError(f"no result from {cmd[:3]}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def forced_copy(model: Path) -> Path:
+    """A copy of the model directory ``model`` whose generation config suppresses
+    end-of-sequence (files linked, not copied), so every reply of both systems runs to exactly
+    ``max_new_tokens``, as :func:`forced_length_tiny_model` does for the tiny model."""
+    dest = WORK_DIR / f"{model.name}-forced"
+    cfg_path = model / "generation_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    config = json.loads((model / "config.json").read_text())
+    eos = cfg.get("eos_token_id", config.get("eos_token_id"))
+    eos_ids = sorted({eos} if isinstance(eos, int) else set(eos or []))
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for f in model.iterdir():
+        (dest / f.name).symlink_to(f.resolve())
+    (dest / "generation_config.json").unlink(missing_ok=True)
+    cfg["suppress_tokens"] = sorted(set(cfg.get("suppress_tokens") or []) | set(eos_ids))
+    (dest / "generation_config.json").write_text(json.dumps(cfg, indent=2))
+    return dest

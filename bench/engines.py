@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,9 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 (after the path tweak that lets bench/ scripts share it)
-    WORK_DIR,
     Timer,
     Workload,
+    forced_copy,
     machine_info,
     markdown_table,
     median,
@@ -144,25 +143,6 @@ def run_raw(engine: Any, steps: list[list[Any]], new_tokens: int) -> tuple[float
                 lengths.append(len(out.outputs[0].token_ids))
                 texts.append(out.outputs[0].text)
     return t.seconds, lengths, texts
-
-
-def forced_copy(model: Path) -> Path:
-    """``model`` with end-of-sequence suppressed in its generation config (weights linked)."""
-    dest = WORK_DIR / f"{model.name}-forced"
-    cfg_path = model / "generation_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    config = json.loads((model / "config.json").read_text())
-    eos = cfg.get("eos_token_id", config.get("eos_token_id"))
-    eos_ids = sorted({eos} if isinstance(eos, int) else set(eos or []))
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for f in model.iterdir():
-        (dest / f.name).symlink_to(f.resolve())
-    (dest / "generation_config.json").unlink(missing_ok=True)
-    cfg["suppress_tokens"] = sorted(set(cfg.get("suppress_tokens") or []) | set(eos_ids))
-    (dest / "generation_config.json").write_text(json.dumps(cfg, indent=2))
-    return dest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -47,6 +47,7 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
     WORK_DIR,
     Timer,
     Workload,
+    forced_copy,
     forced_length_tiny_model,
     machine_info,
     make_discussions,
@@ -233,6 +234,7 @@ annotate_s = time.perf_counter() - t0
 
 comments = sum(len(log) - 1 for log in logs)  # minus the OP (a seed opinion)
 print(json.dumps({
+    "discussions": len(logs),
     "startup_s": startup_s,
     "discuss_s": discuss_s,
     "annotate_s": annotate_s,
@@ -281,7 +283,7 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
     rss_loaded = peak_rss_mb()
     w = Workload(**spec["workload"])
     model_cfg = {"engine": "tiny", "model": "tiny", "max_new_tokens": w.new_tokens}
-    specs = synth_disco_specs(w, model_cfg)
+    specs = synth_disco_specs(w, model_cfg)[: len(spec["discussions"])]
     cfg = AnnotationConfig.model_validate(
         {
             "annotators": {"pool": "annotators", "per_comment": "all"},
@@ -333,6 +335,7 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
         r["completion_tokens"] for r in comments.to_pylist() if r["role"] not in ("op", "seed")
     ]
     return {
+        "discussions": len(specs),
         "startup_s": startup_s,
         "discuss_s": t_disc.seconds,
         "annotate_s": t_ann.seconds,
@@ -352,10 +355,13 @@ def synth_disco_child(spec: dict[str, Any], max_batch_tokens: int | None) -> dic
 
 
 # -- orchestration ------------------------------------------------------------------------------
-def child_spec(w: Workload, args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
+def child_spec(
+    w: Workload, args: argparse.Namespace, model_path: Path, limit: int | None = None
+) -> dict[str, Any]:
+    """What one child run reads; ``limit``: run only the first ``limit`` discussions."""
     return {
         "workload": w.to_dict(),
-        "discussions": make_discussions(w),
+        "discussions": make_discussions(w)[:limit],
         "turns": w.turns,
         "new_tokens": w.new_tokens,
         "context_window": w.context_window,
@@ -427,7 +433,7 @@ def summarise(w: Workload, runs: dict[str, list[dict[str, Any]]]) -> list[list[A
                     w.name,
                     stage,
                     system,
-                    w.discussions / secs,
+                    rs[-1]["discussions"] / secs,
                     rate,
                     float("nan"),
                     rs[-1]["generated_tokens"] / secs,
@@ -440,7 +446,7 @@ def summarise(w: Workload, runs: dict[str, list[dict[str, Any]]]) -> list[list[A
                     w.name,
                     stage,
                     system,
-                    w.discussions / secs,
+                    rs[-1]["discussions"] / secs,
                     rs[-1]["annotated_comments"] / secs,
                     rate,
                     rs[-1]["annotation_tokens"] / secs,
@@ -481,6 +487,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=len(os.sched_getaffinity(0)),
         help="torch/OpenMP threads, the same for both sides (default: every CPU this process "
         "may use, what torch itself would take)",
+    )
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a model directory (transformers format, e.g. the built-in SmolLM2 as safetensors: "
+        "see bench/README.md) that both systems load instead of the tiny model; replies are "
+        "still forced to the workload's length by a copy whose generation config suppresses EOS",
+    )
+    ap.add_argument(
+        "--syndisco-discussions",
+        type=int,
+        default=None,
+        help="run SynDisco on the first N discussions of each workload only and compare per "
+        "comment and per label (SynDisco runs one discussion after another, so its rates do not "
+        "depend on N); default: all with the tiny model, 8 with --model (64 discussions of a "
+        "real model take SynDisco most of an hour per run)",
     )
     ap.add_argument("--annotation-tokens", type=int, default=1)
     ap.add_argument(
@@ -523,16 +546,21 @@ def main(argv: list[str] | None = None) -> None:
 
     ensure_syndisco()
     sd_python = ensure_synth_disco_venv() if args.own_venv else Path(sys.executable)
-    model_path = forced_length_tiny_model()
+    if args.model is not None and not (args.model / "config.json").is_file():
+        raise SystemExit(f"--model {args.model}: not a model directory (no config.json)")
+    model_path = forced_copy(args.model) if args.model else forced_length_tiny_model()
+    model_label = f"model {args.model.name}" if args.model else "tiny model"
+    limit = args.syndisco_discussions or (8 if args.model else None)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise SystemExit(f"unknown workload(s) {unknown}: use {', '.join(WORKLOADS)}")
-    specs = {}
+    specs: dict[tuple[str, str], Path] = {}
     for name in names:
-        path = WORK_DIR / f"workload-{name}.json"
-        path.write_text(json.dumps(child_spec(WORKLOADS[name], args, model_path)))
-        specs[name] = path
+        for side, n in (("synth-disco", None), ("SynDisco", limit)):
+            path = WORK_DIR / f"workload-{name}-{side}.json"
+            path.write_text(json.dumps(child_spec(WORKLOADS[name], args, model_path, n)))
+            specs[(name, side)] = path
 
     budgets: list[int | None] = [None, *(args.max_batch_tokens or [])]
     systems = ["SynDisco", *(system_label(b) for b in budgets)]
@@ -545,7 +573,8 @@ def main(argv: list[str] | None = None) -> None:
                 order.reverse()
             for system, budget in order:
                 loads.append(os.getloadavg()[0])
-                r = run_side(system, specs[name], args.threads, args.timeout, budget, sd_python)
+                spec_path = specs[(name, "SynDisco" if system == "SynDisco" else "synth-disco")]
+                r = run_side(system, spec_path, args.threads, args.timeout, budget, sd_python)
                 runs[name][system].append(r)
                 print(
                     f"rep {rep + 1} {name} {system}: discuss {r['discuss_s']:.1f}s, "
@@ -556,7 +585,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row for name in names for row in summarise(WORKLOADS[name], runs[name])]
     info = machine_info()
     print(
-        f"SynDisco {SYNDISCO_VERSION} vs synth-disco; tiny model (forced {WORKLOADS[names[0]].new_tokens}"
+        f"SynDisco {SYNDISCO_VERSION} vs synth-disco; {model_label} (forced "
+        f"{WORKLOADS[names[0]].new_tokens}"
         f" new tokens per reply), greedy, float32, {args.threads} threads, pinned allocator; "
         f"median of {args.repeats} interleaved runs, each in a fresh process"
     )
@@ -568,7 +598,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         w = WORKLOADS[name]
         print(
-            f"{name}: {w.discussions} discussions x {w.participants} participants x {w.turns} "
+            f"{name}: {w.discussions} discussions (SynDisco: {min(limit or w.discussions, w.discussions)}) "
+            f"x {w.participants} participants x {w.turns} "
             f"turns x {w.new_tokens} tokens, context window {w.context_window}; annotation: "
             f"{len(ANNOTATORS)} annotators x 1 dimension x every comment incl. the OP, "
             f"layout {args.annotation_layout} (SynDisco history_ctx_len "

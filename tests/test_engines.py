@@ -335,7 +335,11 @@ def test_default_prefix_store_grows_to_hold_every_prompt_of_a_call(tiny_path: Pa
     second = [
         ChatRequest(
             f"b{i}",
-            [*r.messages, {"role": "assistant", "content": c.text}, {"role": "user", "content": "More?"}],
+            [
+                *r.messages,
+                {"role": "assistant", "content": c.text},
+                {"role": "user", "content": "More?"},
+            ],
             seed=i,
             params=GREEDY,
         )
