@@ -282,6 +282,9 @@ def synth_disco_specs(w: Workload, model_config: dict[str, Any]) -> list[Any]:
                         "turn_taking": {"policy": "round_robin"},
                         "moderator": None,
                     },
+                    # No stop strings: SynDisco has none, so a real model's replies would
+                    # otherwise end early on synth-disco's side only (unequal work).
+                    "quality": {"stop_strings": False},
                 },
             )
         )

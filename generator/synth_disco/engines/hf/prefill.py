@@ -17,15 +17,18 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from synth_disco.engines.common import is_oom, short
-from synth_disco.engines.hf.load import LoadedModel
+from synth_disco.engines.hf.load import LoadedModel, device_memory
 from synth_disco.engines.hf.prefix_cache import LayerKV, PrefixStore
 
 log = logging.getLogger(__name__)
 
 # An automatic prefix store starts with room for 64 prompts of 1,024 tokens and grows to hold
-# every prompt of a call, up to AUTO_CAP_BYTES (bytes on the model's device).
+# every prompt of a call, up to an eighth of the device's memory (at least 512 MiB): a real
+# model's prompts are large (SmolLM2-135M in float32: 46 KB per token, 17 MB per forum prompt),
+# and a store that cannot hold one per discussion in flight reuses nothing.
 AUTO_FLOOR_TOKENS = 64 * 1024
-AUTO_CAP_BYTES = 512 * 2**20
+AUTO_CAP_SHARE = 1 / 8
+AUTO_CAP_MIN_BYTES = 512 * 2**20
 
 
 def row_kv(cache: Any, row: int, start: int, stop: int) -> LayerKV:
@@ -44,16 +47,17 @@ class Prefiller:
     for reuse by later prompts sharing their prefix; 0 turns prefix reuse off. None starts it
     at 64 prompts of 1,024 tokens and grows it to hold every prompt of a call
     (:meth:`expect`: what the next turn of every discussion in flight needs to find its
-    previous prompt), at most 512 MiB: a few MiB for the tiny model instead of a fixed budget
-    that would dominate a small model's memory.
+    previous prompt), up to an eighth of the device's memory (at least 512 MiB): a few MiB for
+    the tiny model instead of a fixed budget that would dominate a small model's memory.
     """
 
     def __init__(self, lm: LoadedModel, prefix_cache_mb: float | None):
         self.lm = lm
-        # None: sized to the work (see ``expect``), from a floor up to AUTO_CAP_BYTES.
+        # None: sized to the work (see ``expect``), from a floor up to ``auto_cap``.
         self.auto = prefix_cache_mb is None
+        self.auto_cap = max(AUTO_CAP_MIN_BYTES, int(device_memory(lm.device) * AUTO_CAP_SHARE))
         if self.auto:
-            budget = min(AUTO_CAP_BYTES, AUTO_FLOOR_TOKENS * lm.kv_bytes_per_token)
+            budget = min(self.auto_cap, AUTO_FLOOR_TOKENS * lm.kv_bytes_per_token)
         else:
             budget = int(prefix_cache_mb * 2**20)
         self.store = PrefixStore(budget) if budget > 0 else None
@@ -79,11 +83,11 @@ class Prefiller:
         A call hands over every pending turn at once (one per discussion, or every agent of
         every structure in flight), and the next call's prompts extend these: the store must
         hold all of them, or least-recently-used eviction throws away exactly the prefixes
-        the next call needs. An automatic budget grows to fit, up to ``AUTO_CAP_BYTES``; a
+        the next call needs. An automatic budget grows to fit, up to ``auto_cap``; a
         configured ``prefix_cache_mb`` is kept as it is."""
         if self.auto and self.store is not None:
             need = prompt_tokens * self.lm.kv_bytes_per_token
-            self.store.budget_bytes = min(AUTO_CAP_BYTES, max(self.store.budget_bytes, need))
+            self.store.budget_bytes = min(self.auto_cap, max(self.store.budget_bytes, need))
 
     def forget(self) -> None:
         """Empty the prefix store (frees its memory, e.g. after running out of it)."""
