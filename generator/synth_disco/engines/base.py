@@ -44,7 +44,7 @@ class EngineConfig:
     device_map: str | dict[str, Any] | None = None  # e.g. "auto": spread over GPUs
     trust_remote_code: bool = False
     chat_template: str | None = None  # overrides the tokenizer's
-    max_batch_size: int = 256
+    max_batch_size: int = 512
     max_batch_tokens: int | None = None  # padded tokens (prompt + new) in one batch
     prefix_cache_mb: float | None = None  # 0 turns prompt prefix reuse off
     # transformers: the GGUF file to load from the directory or Hub repo named by ``model``

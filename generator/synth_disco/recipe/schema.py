@@ -65,7 +65,7 @@ class ModelConfig(Strict):
     device_map: str | None = None  # e.g. "auto" to spread a large model over GPUs
     trust_remote_code: bool = False
     chat_template: Text | None = None
-    max_batch_size: int = Field(256, ge=1)
+    max_batch_size: int = Field(512, ge=1)
     max_batch_tokens: int | None = Field(None, ge=1)
     gguf_file: str | None = None  # a GGUF file in the directory or Hub repo `model` names
     # -- vllm --
