@@ -178,3 +178,26 @@ def test_cells_of_a_thread_layout_recipe_validate_for_the_card():
     loaded = load_recipe(ROOT / "recipes" / "demo.yaml")  # layout: thread, a moderator factor
     assert loaded.recipe.annotation.layout == "thread"
     assert len(cell_discussions(loaded.recipe)) == 2
+
+
+def test_quiet_builds_silence_library_tqdm_bars_imported_before_the_build():
+    # Libraries draw bars with plain tqdm (transformers' GGUF de-quantizing): tqdm reads
+    # TQDM_DISABLE only when imported, so quiet mode must switch the default itself.
+    import io
+
+    from tqdm.auto import tqdm
+
+    from synth_disco.pipeline.build import quiet_libraries
+
+    def drawn(**kwargs) -> str:
+        out = io.StringIO()
+        for _ in tqdm(range(3), file=out, desc="library bar", mininterval=0, **kwargs):
+            pass
+        return out.getvalue()
+
+    with quiet_libraries(verbose=False):
+        assert drawn() == ""
+        assert "library bar" in drawn(disable=False)  # synth-disco's own bar asks for itself
+    assert "library bar" in drawn()  # restored afterwards
+    with quiet_libraries(verbose=True):
+        assert "library bar" in drawn()

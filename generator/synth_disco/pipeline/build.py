@@ -7,6 +7,7 @@ in which process, on which shards, and what happens when the run directory alrea
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -130,9 +131,15 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
     tf_logging.disable_progress_bar()
     hub_utils.disable_progress_bars()
     # Bars that libraries draw with plain tqdm (e.g. GGUF de-quantizing): off by default;
-    # synth-disco's own bar asks for itself explicitly (progress.py).
+    # synth-disco's own bar asks for itself explicitly (progress.py). tqdm reads TQDM_DISABLE
+    # once, when it is imported, so in this process the default itself is switched (and
+    # TQDM_DISABLE kept for child processes).
+    import tqdm.std
+
     saved_tqdm = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
+    saved_init = tqdm.std.tqdm.__dict__["__init__"]
+    tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
     try:
         with warnings.catch_warnings():
             for module in ("transformers", "torch", "accelerate", "huggingface_hub"):
@@ -141,6 +148,7 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*deprecated")
             yield
     finally:
+        tqdm.std.tqdm.__init__ = saved_init
         if saved_tqdm is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
