@@ -21,10 +21,11 @@ engine call), so the stage may batch any mix of discussions and requests.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from synth_disco.engines.base import ChatRequest, Completion
+from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
 from synth_disco.recipe.schema import ModelConfig
 from synth_disco.records import Comment, DiscussionSpec, Event
 
@@ -79,6 +80,22 @@ def spec_columns(spec: DiscussionSpec, factors: list[str]) -> dict[str, Any]:
         "seed_comments": [{"author": c.author, "text": c.text} for c in spec.post.comments[1:]],
         "participants": [p.to_dict() for p in spec.participants],
     }
+
+
+def generation_column(params: SamplingParams) -> str:
+    """The ``discussions.generation`` column: the decoding settings the participants' turns
+    were asked with, as canonical JSON (the same for a forum thread and a structure)."""
+    return json.dumps(
+        {
+            "max_new_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k,
+            "repetition_penalty": params.repetition_penalty,
+            "stop": list(params.stop),
+        },
+        sort_keys=True,
+    )
 
 
 def comment_row(comment: Comment) -> dict[str, Any]:

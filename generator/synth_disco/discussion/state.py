@@ -23,12 +23,11 @@ Turn semantics:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply, is_no_intervention
-from synth_disco.discussion.machine import Ask, spec_columns
+from synth_disco.discussion.machine import Ask, generation_column, spec_columns
 from synth_disco.discussion.moderation import may_decline, speaks_after, takes_turns
 from synth_disco.discussion.policies import Node, next_turn
 from synth_disco.discussion.prompts import (
@@ -477,17 +476,7 @@ class DiscussionState:
             "context_window": self.cfg.context_window,
             "model": self._answered_by("user", self.model_name),
             "model_revision": model_cfg.revision,
-            "generation": json.dumps(
-                {
-                    "max_new_tokens": params.max_new_tokens,
-                    "temperature": params.temperature,
-                    "top_p": params.top_p,
-                    "top_k": params.top_k,
-                    "repetition_penalty": params.repetition_penalty,
-                    "stop": list(params.stop),
-                },
-                sort_keys=True,
-            ),
+            "generation": generation_column(params),
             "status": self.status,
             "error": self.error,
             "n_comments": len(self.comments),

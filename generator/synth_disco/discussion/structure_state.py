@@ -28,13 +28,12 @@ instructions follow the same rule.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from synth_disco.discussion.cleaning import clean_reply
-from synth_disco.discussion.machine import Ask, spec_columns
+from synth_disco.discussion.machine import Ask, generation_column, spec_columns
 from synth_disco.discussion.state import model_label
 from synth_disco.discussion.structure_prompts import (
     agent_messages,
@@ -451,17 +450,7 @@ class StructureState:
             "context_window": structure.last_n,
             "model": model_label(model_cfg),
             "model_revision": model_cfg.revision,
-            "generation": json.dumps(
-                {
-                    "max_new_tokens": params.max_new_tokens,
-                    "temperature": params.temperature,
-                    "top_p": params.top_p,
-                    "top_k": params.top_k,
-                    "repetition_penalty": params.repetition_penalty,
-                    "stop": list(params.stop),
-                },
-                sort_keys=True,
-            ),
+            "generation": generation_column(params),
             "status": self.status,
             "error": self.error,
             "n_comments": len(self.comments),
