@@ -47,8 +47,11 @@ def pinned_env(
     peak RSS of two processes comparable; it also slows large batches down (~25% for 256-row
     batches of the tiny model), so benchmarks that measure no memory leave it alone."""
     env = dict(os.environ if base is None else base)
-    if allocator:
-        env.update(MALLOC_ENV)
+    for var in MALLOC_ENV:  # a parent's pinned allocator must not leak into an unpinned run
+        if allocator:
+            env[var] = MALLOC_ENV[var]
+        else:
+            env.pop(var, None)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -68,11 +71,7 @@ def reexec_pinned(threads: int, allocator: bool = True) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    env = pinned_env(threads, allocator=allocator)
-    if not allocator:  # a parent's pinned allocator must not leak into this run
-        for var in MALLOC_ENV:
-            env.pop(var, None)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, [sys.executable, *sys.argv], pinned_env(threads, allocator=allocator))
 
 
 def set_torch_threads(threads: int) -> None:
@@ -291,6 +290,33 @@ def synth_disco_specs(w: Workload, model_config: dict[str, Any]) -> list[Any]:
     return specs
 
 
+def run_discussions(
+    specs: list[Any], engine: Any, max_concurrent: int | None = None
+) -> tuple[float, dict[str, list]]:
+    """All discussions through synth-disco's ``DiscussionRunner`` (a temporary run store);
+    returns seconds and each discussion's generated comments as (text, tokens).
+    ``max_concurrent``: discussions in flight (None: the runner's default)."""
+    import tempfile
+
+    from synth_disco.discussion.stage import DiscussionRunner
+    from synth_disco.store.run_dir import RunStore
+
+    limits = {} if max_concurrent is None else {"max_concurrent": max_concurrent}
+    with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
+        store = RunStore(Path(tmp))
+        runner = DiscussionRunner(store, lambda shard: specs, lambda cfg: engine, [], **limits)
+        with Timer() as t:
+            result = runner.run([0])
+        if result.failed:
+            raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
+        rows = store.read_shard("discuss", 0, "comments").to_pylist()
+    out: dict[str, list] = {}
+    for r in rows:
+        if r["role"] not in ("op", "seed"):
+            out.setdefault(r["discussion_id"], []).append((r["text"], r["completion_tokens"]))
+    return t.seconds, out
+
+
 # -- the model ---------------------------------------------------------------------------------
 def forced_tiny_dir(seed: int = 0) -> Path:
     """Where the forced-length copy of the tiny model lives, keyed by the tiny model's version
@@ -317,13 +343,7 @@ def forced_length_tiny_model(dest: Path | None = None, seed: int = 0) -> Path:
         and json.loads(marker.read_text()).get("source") == tiny_model_dir(seed).name
     ):
         return dest
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest)
-    cfg_path = dest / "generation_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["suppress_tokens"] = sorted(set(cfg.get("suppress_tokens") or []) | {EOS_ID})
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    forced_copy(src, dest)
     marker.write_text(json.dumps({"source": tiny_model_dir(seed).name, "suppressed": [EOS_ID]}))
     return dest
 
@@ -341,11 +361,11 @@ def run_json_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[
     return json.loads(lines[-1])
 
 
-def forced_copy(model: Path) -> Path:
-    """A copy of the model directory ``model`` whose generation config suppresses
-    end-of-sequence (files linked, not copied), so every reply of both systems runs to exactly
-    ``max_new_tokens``, as :func:`forced_length_tiny_model` does for the tiny model."""
-    dest = WORK_DIR / f"{model.name}-forced"
+def forced_copy(model: Path, dest: Path | None = None) -> Path:
+    """A copy of the model directory ``model`` at ``dest`` (default
+    ``WORK_DIR/<name>-forced``) whose generation config suppresses end-of-sequence (files
+    linked, not copied), so every reply of both systems runs to exactly ``max_new_tokens``."""
+    dest = WORK_DIR / f"{model.name}-forced" if dest is None else dest
     cfg_path = model / "generation_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     config = json.loads((model / "config.json").read_text())

@@ -28,7 +28,6 @@ import argparse
 import cProfile
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,33 +42,10 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
     median,
     ratio,
     reexec_pinned,
+    run_discussions,
     set_torch_threads,
     synth_disco_specs,
 )
-
-
-def run_batched(
-    specs: list[Any], engine: Any, max_concurrent: int
-) -> tuple[float, dict[str, list]]:
-    """All discussions through the runner; returns seconds and each discussion's comments."""
-    from synth_disco.discussion.stage import DiscussionRunner
-    from synth_disco.store.run_dir import RunStore
-
-    with tempfile.TemporaryDirectory(prefix="bench-disc-") as tmp:
-        store = RunStore(Path(tmp))
-        runner = DiscussionRunner(
-            store, lambda shard: specs, lambda cfg: engine, [], max_concurrent=max_concurrent
-        )
-        with Timer() as t:
-            result = runner.run([0])
-        if result.failed:
-            raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
-        rows = store.read_shard("discuss", 0, "comments").to_pylist()
-    out: dict[str, list] = {}
-    for r in rows:
-        if r["role"] not in ("op", "seed"):
-            out.setdefault(r["discussion_id"], []).append((r["text"], r["completion_tokens"]))
-    return t.seconds, out
 
 
 def run_one_at_a_time(specs: list[Any], engine: Any) -> tuple[float, dict[str, list]]:
@@ -246,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Warm-up: every code path once, so neither side pays first-call costs in its timings.
     warm = synth_disco_specs(Workload("warm", 2, w.participants, 2, 4, w.context_window), model_cfg)
-    run_batched(warm, engine, args.max_concurrent)
+    run_discussions(warm, engine, args.max_concurrent)
     run_one_at_a_time(warm[:1], engine)
 
     engine.close()
@@ -260,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         for side in order:
             engine = fresh_engine()
             if side == "batched":
-                secs, batched = run_batched(specs, engine, args.max_concurrent)
+                secs, batched = run_discussions(specs, engine, args.max_concurrent)
                 batched_s.append(secs)
                 reuse = prefix_stats(engine)
             else:
@@ -276,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = fresh_engine()
         prof = cProfile.Profile()
         prof.enable()
-        run_batched(specs, engine, args.max_concurrent)
+        run_discussions(specs, engine, args.max_concurrent)
         prof.disable()
         engine.close()
         prof.dump_stats(str(args.profile))

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
     markdown_table,
     median,
     ratio,
+    run_discussions,
     set_torch_threads,
     synth_disco_specs,
 )
@@ -92,26 +92,6 @@ class Recorder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
-
-
-def run_runner(specs: list[Any], engine: Any) -> tuple[float, dict[str, list]]:
-    """All discussions through the runner; seconds and each discussion's (text, tokens)."""
-    from synth_disco.discussion.stage import DiscussionRunner
-    from synth_disco.store.run_dir import RunStore
-
-    with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
-        store = RunStore(Path(tmp))
-        runner = DiscussionRunner(store, lambda shard: specs, lambda cfg: engine, [])
-        with Timer() as t:
-            result = runner.run([0])
-        if result.failed:
-            raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
-        rows = store.read_shard("discuss", 0, "comments").to_pylist()
-    out: dict[str, list] = {}
-    for r in rows:
-        if r["role"] not in ("op", "seed"):
-            out.setdefault(r["discussion_id"], []).append((r["text"], r["completion_tokens"]))
-    return t.seconds, out
 
 
 def run_raw(engine: Any, steps: list[list[Any]], new_tokens: int) -> tuple[float, list[int], list]:
@@ -232,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.repeats):
             # A fresh engine per run: its prefix store would find the last run's prompts.
             engine = TransformersEngine(EngineConfig(str(forced), dtype=args.dtype), model_id="m")
-            secs, hf_out = run_runner(specs, engine)
+            secs, hf_out = run_discussions(specs, engine)
             engine.close()
             hf_s.append(secs)
             print(f"transformers rep {rep + 1}: {secs:.2f}s", file=sys.stderr)
@@ -251,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         # Warm-up: every code path once, outside the timings.
         warm = synth_disco_specs(Workload("warm", 2, w.participants, 2, 4, w.context_window), cfg)
         recorder = Recorder(engine)
-        run_runner(warm, recorder)
+        run_discussions(warm, recorder)
         run_raw(engine, recorder.steps, 4)
         out: dict[str, list] = {}
         steps: list[list[Any]] = []
@@ -266,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                 engine.llm.reset_prefix_cache()
                 if side == "engine":
                     recorder = Recorder(engine)
-                    secs, out = run_runner(specs, recorder)
+                    secs, out = run_discussions(specs, recorder)
                     vllm_s.append(secs)
                     steps, replies = recorder.steps, recorder.replies
                 else:
