@@ -141,3 +141,29 @@ def test_vs_syndisco_model_mode_forces_lengths_and_runs_syndisco_on_a_subset(
     assert (got["sub"], got["full"]) == (1, 3)
     assert got["ran"] == 1 and got["comments"] == 2  # one discussion of 2 turns
     assert got["tokens"] == [4, 4]  # every reply forced to the workload's length
+
+
+def test_floor_prints_the_ceiling_and_compares_it_with_the_targets(tmp_path: Path) -> None:
+    from synth_disco.engines.tiny import ensure_tiny_model
+
+    model = str(ensure_tiny_model(0))
+    small = ["--model", model, "--prefill-shape", "2x16", "--rows", "3", "--context", "8"]
+    small += ["--new-tokens", "2", "--repeats", "1", "--syndisco-prompt", "12"]
+    # Many tokens per item, so the least time prints with enough digits to check.
+    small += ["--comment-prompt-tokens", "4000", "--label-tokens", "4000"]
+    slow = ["--syndisco-comments-per-s", "1e-9", "--syndisco-labels-per-s", "1e-9"]
+    out = run_script("floor.py", [*small, *slow], tmp_path)
+    rows = {r[0]: r for r in table_rows(out)}
+    assert set(rows) >= {"comments/s", "labels/s"}
+    for name in ("comments/s", "labels/s"):
+        least, ceiling = (
+            float(rows[name][2].replace(",", "")),
+            float(rows[name][3].replace(",", "")),
+        )
+        assert least > 0 and abs(ceiling * least / 1000 - 1) < 0.05  # ceiling = 1 / least
+    assert "comments: target 8x SynDisco is within reach" in out
+    assert "labels: target 10x SynDisco is within reach" in out
+    fast = ["--syndisco-comments-per-s", "1e9", "--syndisco-labels-per-s", "1e9"]
+    out = run_script("floor.py", [*small, *fast], tmp_path)
+    assert "comments: target 8x SynDisco is above the ceiling" in out
+    assert "labels: target 10x SynDisco is above the ceiling" in out
