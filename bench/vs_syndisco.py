@@ -11,7 +11,7 @@ process under the same thread and allocator environment):
 - annotation: every comment (the OP included, as SynDisco annotates it), 2 annotators,
   1 dimension (toxicity on a 1-5 scale), each side on the discussions it just generated, each
   annotator shown the same comments on both sides: the whole discussion up to the target
-  with synth-disco's ``thread`` layout (the default here), the last 2 comments and the target
+  with synth-disco's ``thread`` layout (its default), the last 2 comments and the target
   with ``--annotation-layout window``.
   synth-disco uses its ``score`` method (one forward pass per label, batched); SynDisco
   generates its answer with ``max_out_tokens`` = ``--annotation-tokens`` (default 1, the

@@ -270,6 +270,35 @@ def test_thread_layout_and_context_window_are_exclusive():
         )
 
 
+def test_thread_is_the_default_layout_unless_the_recipe_asks_for_a_window():
+    dims = {"t": {"scale": [1, 2]}}
+    assert AnnotationConfig.model_validate({"dimensions": dims}).layout == "thread"
+    # context_window only means something for window: setting it alone keeps window, as
+    # every recipe written when window was the default expects.
+    implied = AnnotationConfig.model_validate({"context_window": 2, "dimensions": dims})
+    assert (implied.layout, implied.context_window) == ("window", 2)
+    # A whole config dumped with its defaults (manifest.json) validates again unchanged.
+    for cfg in (AnnotationConfig.model_validate({"dimensions": dims}), implied):
+        assert AnnotationConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def test_a_recipes_own_window_template_keeps_the_window_layout():
+    raw = {
+        "name": "t",
+        "models": {"m": {"engine": "tiny", "model": "tiny"}},
+        "personas": {"users": {"inline": [{"username": "a"}]}},
+        "posts": {"inline": [{"title": "t", "text": "x"}]},
+        "discussion": {"templates": {"annotation": "{{ target.text }}"}},
+        "annotation": {"dimensions": {"t": {"scale": [1, 2]}}},
+    }
+    assert Recipe.model_validate(raw).annotation.layout == "window"
+    raw["annotation"]["layout"] = "thread"
+    assert Recipe.model_validate(raw).annotation.layout == "thread"
+    del raw["discussion"]
+    del raw["annotation"]["layout"]
+    assert Recipe.model_validate(raw).annotation.layout == "thread"
+
+
 def test_prompt_templates_are_sandboxed():
     cfg = make_cfg()
     evil = "{{ target.__class__.__mro__[1].__subclasses__() }}"

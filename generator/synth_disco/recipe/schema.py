@@ -368,11 +368,12 @@ class AnnotatorsConfig(Strict):
 class AnnotationConfig(Strict):
     model: str | None = None
     annotators: AnnotatorsConfig = Field(default_factory=AnnotatorsConfig)
-    # window: each label has its own prompt with the OP and the last context_window comments.
-    # thread: the annotator reads the discussion from the start and labels each comment with
-    # everything before it in view; the engine then runs each discussion once for all its
-    # labels (see annotation/prompts.py), several times faster than window.
-    layout: Literal["window", "thread"] = "window"
+    # thread (the default): the annotator reads the discussion from the start and labels each
+    # comment with everything before it in view; the engine then runs each discussion once for
+    # all its labels (see annotation/prompts.py), several times faster than window.
+    # window: each label has its own prompt with the OP and the last context_window comments;
+    # setting context_window without a layout asks for it (see _implied_layout).
+    layout: Literal["window", "thread"] = "thread"
     context_window: int = Field(3, ge=0)
     method: Literal["score", "generate"] = "score"
     rationale: bool = False
@@ -389,9 +390,22 @@ class AnnotationConfig(Strict):
             raise ValueError("at least one dimension is needed")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _implied_layout(cls, data: Any) -> Any:
+        # context_window only means something for the window layout, so a recipe that sets it
+        # without a layout (every recipe written when window was the default) keeps window.
+        if isinstance(data, dict) and "layout" not in data and "context_window" in data:
+            return {**data, "layout": "window"}
+        return data
+
     @model_validator(mode="after")
     def _layout(self) -> AnnotationConfig:
-        if self.layout == "thread" and "context_window" in self.model_fields_set:
+        # A context_window that would be ignored is an error; the default value is not (a
+        # whole recipe dumped with its defaults, as manifest.json keeps it, has both keys).
+        default = type(self).model_fields["context_window"].default
+        ignored = "context_window" in self.model_fields_set and self.context_window != default
+        if self.layout == "thread" and ignored:
             raise ValueError(
                 "context_window applies to layout: window only (with layout: thread every "
                 "earlier comment is in view); remove one of the two"
@@ -508,6 +522,20 @@ class Recipe(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _window_for_own_template(cls, data: Any) -> Any:
+        # ``discussion.templates.annotation`` replaces the window layout's user message, so a
+        # recipe that gives one without choosing a layout asks for window, as it always did.
+        if not isinstance(data, dict):
+            return data
+        ann, discussion = data.get("annotation"), data.get("discussion")
+        templates = discussion.get("templates") if isinstance(discussion, dict) else None
+        own = isinstance(templates, dict) and templates.get("annotation") is not None
+        if own and isinstance(ann, dict) and "layout" not in ann:
+            return {**data, "annotation": {**ann, "layout": "window"}}
+        return data
 
     @field_validator("name")
     @classmethod
