@@ -37,7 +37,7 @@ from synth_disco.dataset.manifest import (
 from synth_disco.dataset.portable import portable_model_id, portable_recipe
 from synth_disco.dataset.readme import card_text, merge_readme
 from synth_disco.dataset.stats import ANY_FLAG
-from synth_disco.discussion.quality import flag_docs
+from synth_disco.discussion.quality.flags import flag_docs
 from synth_disco.discussion.structures import describe as describe_structure
 from synth_disco.discussion.structures import diagram as structure_diagram
 from synth_disco.discussion.templates_used import templates_used as discussion_templates

@@ -38,12 +38,9 @@ from synth_disco.discussion.prompts import (
     render,
     templates_for,
 )
-from synth_disco.discussion.quality import (
-    flag_comment,
-    header_stop_strings,
-    prompt_scaffolding,
-    strip_dangling_header,
-)
+from synth_disco.discussion.quality.flags import flag_comment
+from synth_disco.discussion.quality.headers import header_stop_strings, strip_dangling_header
+from synth_disco.discussion.quality.scaffold import prompt_scaffolding
 from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
 from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.recipe.schema import DiscussionConfig, ModelConfig, QualitySettings
