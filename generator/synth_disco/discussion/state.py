@@ -12,7 +12,7 @@ Turn semantics:
 - An empty reply (after cleaning) is retried with a new seed derived from the turn and the
   attempt, up to ``max_empty_retries``; then the turn is recorded as failed and the discussion
   ends with status ``failed``. An engine error (e.g. prompt too long) fails it at once.
-- Quality (the recipe's ``quality:`` block, rules in ``quality.py``): every comment gets its
+- Quality (the recipe's ``quality:`` block, rules in ``quality/``): every comment gets its
   flags when it is made, from its cleaned text, its prompt and the comments before it. With
   ``regenerate: N`` a reply raising one of ``regenerate_on`` is asked again, at most N times,
   each attempt with its own derived seed (the same seed rule as empty retries); each discarded
