@@ -166,7 +166,7 @@ def test_citation_has_authors_and_the_year_the_run_started(tmp_path: Path) -> No
     ],
 )
 def test_the_card_says_how_to_install_the_exact_version(install, command, note) -> None:
-    from synth_disco.dataset.card import _install
+    from synth_disco.dataset.card.reproduce import _install
 
     got = _install({"install": install}, "0.1.0")
     assert got["command"] == command and note in got["note"]

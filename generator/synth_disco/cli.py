@@ -429,7 +429,7 @@ def export(run_dir: Path, fmt: str, out: Path | None) -> None:
 @cli_errors()
 def card(run_dir: Path, repo: str | None) -> None:
     """Re-render the dataset card (README.md and figures) of an assembled run."""
-    from synth_disco.dataset.card import rerender_card
+    from synth_disco.dataset.card.render import rerender_card
 
     path = rerender_card(run_dir, repo=repo)
     click.echo(f"card: {path.as_posix()}")

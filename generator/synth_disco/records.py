@@ -117,7 +117,7 @@ class Comment:
     completion_tokens: int = 0
     finish_reason: str | None = None
     attempts: int = 1
-    flags: list[str] = field(default_factory=list)  # quality flags (discussion/quality.py)
+    flags: list[str] = field(default_factory=list)  # quality flags (discussion/quality/)
     prompt_id: str | None = None  # the Prompt it was generated from (None for the OP, seeds)
 
     def to_dict(self) -> dict[str, Any]:

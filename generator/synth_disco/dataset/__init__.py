@@ -10,7 +10,8 @@ Modules, bottom to top:
 - ``bundle``: what the folder ships so it can be rebuilt (the recipe copy, the files read)
 - ``readme``: the one merge of a generated card into an existing README (also used by ``hub``)
 - ``figures``: the card's figures, drawn from the statistics
-- ``card``: the card's context, rendering and re-rendering; ``templates/dataset_card.md.j2``
+- ``card``: the card's sections, context, rendering and re-rendering (a package, a module a
+  section); ``templates/dataset_card.md.j2``
 - ``assembly``: the streaming writer and ``assemble``, which ends by rendering the card
 - ``export``: an assembled folder in other tools' formats (SynDisco's JSON logs)
 
@@ -25,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from synth_disco.dataset.assembly import assemble
-    from synth_disco.dataset.card import render_card, rerender_card
+    from synth_disco.dataset.card.render import render_card, rerender_card
     from synth_disco.dataset.manifest import AssembleError, read_manifest, used_pools
 
 _PUBLIC = {
     "assemble": "assembly",
-    "render_card": "card",
-    "rerender_card": "card",
+    "render_card": "card.render",
+    "rerender_card": "card.render",
     "AssembleError": "manifest",
     "read_manifest": "manifest",
     "used_pools": "manifest",

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from synth_disco.annotation.aggregate import AGGREGATE
 from synth_disco.dataset.bundle import Bundle, write_bundle
-from synth_disco.dataset.card import render_card
+from synth_disco.dataset.card.render import render_card
 from synth_disco.dataset.manifest import (
     MANIFEST,
     META_DIR,

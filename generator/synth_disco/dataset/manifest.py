@@ -3,7 +3,7 @@
 ::
 
     dataset/
-      README.md                                   the card (``card.py``)
+      README.md                                   the card (``card/``)
       data/<config>/train-00000-of-00002.parquet  configs: see CONFIGS and dataset/tables.py
       figures/*.png                               drawn from the statistics (``figures.py``)
       synth_disco/recipe.yaml                     the resolved recipe

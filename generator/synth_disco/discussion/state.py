@@ -12,7 +12,7 @@ Turn semantics:
 - An empty reply (after cleaning) is retried with a new seed derived from the turn and the
   attempt, up to ``max_empty_retries``; then the turn is recorded as failed and the discussion
   ends with status ``failed``. An engine error (e.g. prompt too long) fails it at once.
-- Quality (the recipe's ``quality:`` block, rules in ``quality.py``): every comment gets its
+- Quality (the recipe's ``quality:`` block, rules in ``quality/``): every comment gets its
   flags when it is made, from its cleaned text, its prompt and the comments before it. With
   ``regenerate: N`` a reply raising one of ``regenerate_on`` is asked again, at most N times,
   each attempt with its own derived seed (the same seed rule as empty retries); each discarded
@@ -38,12 +38,9 @@ from synth_disco.discussion.prompts import (
     render,
     templates_for,
 )
-from synth_disco.discussion.quality import (
-    flag_comment,
-    header_stop_strings,
-    prompt_scaffolding,
-    strip_dangling_header,
-)
+from synth_disco.discussion.quality.flags import flag_comment
+from synth_disco.discussion.quality.headers import header_stop_strings, strip_dangling_header
+from synth_disco.discussion.quality.scaffold import prompt_scaffolding
 from synth_disco.engines.base import ChatRequest, Completion, SamplingParams
 from synth_disco.engines.sampling import sampling_params_from
 from synth_disco.recipe.schema import DiscussionConfig, ModelConfig, QualitySettings

@@ -23,7 +23,7 @@ FLAG_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """Which flags to compute and their thresholds (``discussion/quality.py`` has each rule)."""
+    """Which flags to compute and their thresholds (``discussion/quality/`` has each rule)."""
 
     flags: tuple[str, ...] = FLAG_NAMES  # the flags to compute (any order; a list is fine)
     scaffold_min_chars: int = 8  # shorter fragments ("wrote:", "You are") are not matched

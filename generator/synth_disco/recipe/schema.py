@@ -417,13 +417,13 @@ class QualitySettings(Strict):
     """Quality flags on every generated comment, and what a run does about flagged ones.
 
     ``flags``: the flags computed and stored per comment (default: all; each rule is in
-    ``discussion/quality.py``). ``thresholds``: their thresholds, by ``QualityConfig`` field
+    ``discussion/quality/``). ``thresholds``: their thresholds, by ``QualityConfig`` field
     name (e.g. ``{repetition_max_ratio: 0.4}``). ``regenerate: N`` asks a turn again, with a
     seed derived from the attempt, up to N times while its reply raises one of
     ``regenerate_on`` (default: every computed flag); the last attempt is kept, with its
     flags. Each discarded reply is published as a ``regenerated`` event. ``stop_strings``
     ends a reply where the model starts writing another speaker's turn (stop strings derived
-    from the turn template's comment headers; see ``discussion/quality.py``).
+    from the turn template's comment headers; see ``discussion/quality/headers.py``).
     """
 
     flags: list[str] = Field(default_factory=lambda: list(FLAG_NAMES))

@@ -136,7 +136,7 @@ COMMENTS = pa.schema(
         ("cycle", pa.int32()),
         ("position", pa.int32()),
         ("parent_ids", pa.list_(pa.string())),
-        ("flags", pa.list_(pa.string())),  # quality flags, sorted (discussion/quality.py)
+        ("flags", pa.list_(pa.string())),  # quality flags, sorted (discussion/quality/)
         ("prompt_id", pa.string()),  # -> PROMPTS
     ]
 )
