@@ -12,7 +12,8 @@ Modules, bottom to top:
 - ``figures``: the card's figures, drawn from the statistics
 - ``card``: the card's sections, context, rendering and re-rendering (a package, a module a
   section); ``templates/dataset_card.md.j2``
-- ``assembly``: the streaming writer and ``assemble``, which ends by rendering the card
+- ``assembly``: the streaming writer and ``assemble``, which ends by rendering the card (a
+  package: configs, batches, shards, swap, writers, build)
 - ``export``: an assembled folder in other tools' formats (SynDisco's JSON logs)
 
 The names below are the public surface. They are imported on first use, so that ``hub``, which
@@ -25,12 +26,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from synth_disco.dataset.assembly import assemble
+    from synth_disco.dataset.assembly.build import assemble
     from synth_disco.dataset.card.render import render_card, rerender_card
     from synth_disco.dataset.manifest import AssembleError, read_manifest, used_pools
 
 _PUBLIC = {
-    "assemble": "assembly",
+    "assemble": "assembly.build",
     "render_card": "card.render",
     "rerender_card": "card.render",
     "AssembleError": "manifest",

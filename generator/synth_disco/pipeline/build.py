@@ -27,7 +27,7 @@ from synth_disco import __version__
 from synth_disco.annotation.aggregate import write_aggregates
 from synth_disco.annotation.prompts import PromptBuilder, text_value
 from synth_disco.annotation.stage import default_generate_params, run_annotation_stage
-from synth_disco.dataset.assembly import assemble
+from synth_disco.dataset.assembly.build import assemble
 from synth_disco.dataset.bundle import make_bundle
 from synth_disco.dataset.manifest import read_manifest, used_pools
 from synth_disco.dataset.stats import quality_summary

@@ -36,13 +36,9 @@ from synth_disco.recipe.schema import (
     SourceSpec,
 )
 from synth_disco.recipe.schema_walk import field_names, schema_types, suggest
-from synth_disco.recipe.sources import (
-    hub_commit,
-    is_local_hub,
-    load_personas,
-    load_posts,
-    source_files,
-)
+from synth_disco.recipe.sources.personas import load_personas
+from synth_disco.recipe.sources.posts import load_posts
+from synth_disco.recipe.sources.read import hub_commit, is_local_hub, source_files
 from synth_disco.recipe.templates import (
     TEMPLATE_KINDS,
     check_template,

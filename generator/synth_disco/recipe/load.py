@@ -36,7 +36,8 @@ from synth_disco.recipe.factorial import cell_patches, cell_recipe, factor_level
 from synth_disco.recipe.overrides import KeyPath, parse_override, set_path
 from synth_disco.recipe.schema import Recipe
 from synth_disco.recipe.schema_walk import schema_types
-from synth_disco.recipe.sources import load_personas, load_posts
+from synth_disco.recipe.sources.personas import load_personas
+from synth_disco.recipe.sources.posts import load_posts
 from synth_disco.recipe.yaml_marks import Mark, parse_yaml
 from synth_disco.records import Persona, Post
 
