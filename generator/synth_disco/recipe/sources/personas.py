@@ -4,11 +4,12 @@ sampled and converted.
 Which column is what: a text record is the description itself. In a mapping, ``id`` is the id,
 ``name`` (else ``username``) the display name and ``description`` (else ``persona``) the
 description, unless ``columns`` maps them elsewhere; every column but the id and the description
-becomes one of the persona's ``fields``. Without a description the fields other than the name
-are written out as one (``describe``), unless ``persona_template`` renders the record; the
-``weight_column`` stays in ``fields`` but is never shown to the model. A persona without a name
-gets a deterministic handle (``handle_for``). SynDisco / SDF persona directories (one ``.json``
-record per file with ``username, age, sex, ...``) load as they are.
+becomes one of the persona's ``fields``. A ``persona_template`` renders the record as its
+description; without one or a description column, the fields other than the name are written out
+as one (``describe``). The ``weight_column`` stays in ``fields`` but is never shown to the
+model. A persona without a name gets a deterministic handle (``handle_for``). SynDisco / SDF
+persona directories (one ``.json`` record per file with ``username, age, sex, ...``) load as
+they are.
 """
 
 from __future__ import annotations
