@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -295,11 +295,15 @@ def synth_disco_specs(w: Workload, model_config: dict[str, Any]) -> list[Any]:
 
 
 def run_discussions(
-    specs: list[Any], engine: Any, max_concurrent: int | None = None
+    specs: list[Any],
+    engine: Any,
+    max_concurrent: int | None = None,
+    order: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[float, dict[str, list]]:
     """All discussions through synth-disco's ``DiscussionRunner`` (a temporary run store);
     returns seconds and each discussion's generated comments as (text, tokens).
-    ``max_concurrent``: discussions in flight (None: the runner's default)."""
+    ``max_concurrent``: discussions in flight (None: the runner's default); ``order``: a sort
+    key over the comment rows (None: the order the shard holds them in)."""
     import tempfile
 
     from synth_disco.discussion.stage import DiscussionRunner
@@ -315,7 +319,7 @@ def run_discussions(
             raise RuntimeError(f"{result.failed} discussions failed: {result.failures[:3]}")
         rows = store.read_shard("discuss", 0, "comments").to_pylist()
     out: dict[str, list] = {}
-    for r in rows:
+    for r in rows if order is None else sorted(rows, key=order):
         if r["role"] not in ("op", "seed"):
             out.setdefault(r["discussion_id"], []).append((r["text"], r["completion_tokens"]))
     return t.seconds, out

@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from common import (  # noqa: E402 (after the path tweak that lets bench/ script
     median,
     ratio,
     reexec_pinned,
+    run_discussions,
     set_torch_threads,
     synth_disco_specs,
 )
@@ -78,26 +78,16 @@ def ensemble_specs(w: Workload, cycles: int, model_cfg: dict[str, Any]) -> list[
 
 
 def run_batched(specs: list[Any], engine: Any) -> tuple[float, int, dict[str, list]]:
-    """All ensembles through the runner; returns seconds, engine calls, each one's responses."""
-    from synth_disco.discussion.stage import DiscussionRunner
-    from synth_disco.store.run_dir import RunStore
-
+    """All ensembles through the runner; returns seconds, engine calls, each one's responses
+    in (cycle, position) order, as the one-call side lists them."""
     counting = Counting(engine)
-    with tempfile.TemporaryDirectory(prefix="bench-structures-") as tmp:
-        store = RunStore(Path(tmp))
-        runner = DiscussionRunner(
-            store, lambda shard: specs, lambda cfg: counting, [], max_concurrent=len(specs)
-        )
-        with Timer() as t:
-            result = runner.run([0])
-        if result.failed:
-            raise RuntimeError(f"{result.failed} ensembles failed: {result.failures[:3]}")
-        rows = store.read_shard("discuss", 0, "comments").to_pylist()
-    out: dict[str, list] = {}
-    for r in sorted(rows, key=lambda r: (r["discussion_id"], r["cycle"] or 0, r["position"] or 0)):
-        if r["cycle"] is not None:
-            out.setdefault(r["discussion_id"], []).append((r["text"], r["completion_tokens"]))
-    return t.seconds, counting.calls, out
+    seconds, out = run_discussions(
+        specs,
+        counting,
+        max_concurrent=len(specs),
+        order=lambda r: (r["discussion_id"], r["cycle"] or 0, r["position"] or 0),
+    )
+    return seconds, counting.calls, out
 
 
 def run_one_call_per_response(specs: list[Any], engine: Any) -> tuple[float, int, dict]:
