@@ -100,7 +100,7 @@ class StructureState:
         combiner_task = self._templates.get("combiner_task")
         self.moderator_task = render_task(combiner_task, spec.post) if combiner_task else self.task
         self._names = [p.name for p in self.agents] + ([mod.name] if mod else [])
-        self._prompt_ids: dict[int | None, str] = {}  # slot (None: the combiner) -> prompt id
+        self._prompts: dict[int | None, Prompt] = {}  # slot (None: the combiner) -> its prompt
 
         self.comments: list[Response] = []
         self.events: list[Event] = []
@@ -165,17 +165,19 @@ class StructureState:
             structure=self.structure.kind,
         )
 
-    def _prompt_id(self, slot: int | None) -> str:
-        if slot not in self._prompt_ids:  # rendered once per agent
-            self._prompt_ids[slot] = self.prompt(slot).id
-        return self._prompt_ids[slot]
+    def _made_from(self, slot: int | None) -> Prompt:
+        """:meth:`prompt`, rendered once per agent (and once for the combiner, whose
+        instructions are known by the time its final response is made)."""
+        if slot not in self._prompts:
+            self._prompts[slot] = self.prompt(slot)
+        return self._prompts[slot]
 
     def prompts(self) -> list[Prompt]:
         """The prompts config's rows of this discussion: those its responses point at by
         ``prompt_id``, the agents' in slot order, then the combiner's."""
-        out = [self.prompt(slot) for slot in sorted({s.slot for s in self.said})]
+        out = [self._made_from(slot) for slot in sorted({s.slot for s in self.said})]
         if self.final is not None:
-            out.append(self.prompt(None))
+            out.append(self._made_from(None))
         return out
 
     @property
@@ -370,7 +372,7 @@ class StructureState:
             if p.slot is not None and p.cycle is not None
             else None,
             parent_ids=parents,
-            prompt_id=self._prompt_id(p.slot),
+            prompt_id=self._made_from(p.slot).id,
         )
         return {"t": "comment", "d": response.discussion_id, "slot": p.key, **response.to_dict()}
 
