@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, markdown_table, median, reexec_pinned  # noqa: E402
+from common import Timer, machine_info, markdown_table, median, reexec_pinned  # noqa: E402
 
 
 def timed(fn: Any, repeats: int) -> float:
@@ -41,9 +40,9 @@ def timed(fn: Any, repeats: int) -> float:
     fn()
     runs = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
+        with Timer() as t:
+            fn()
+        runs.append(t.seconds)
     return median(runs)
 
 
@@ -75,14 +74,13 @@ def decode_seconds(model: Any, rows: int, context: int, steps: int, repeats: int
             cache.update(kv, kv.clone(), layer)
         cache = with_room(cache, steps + 1)
         token = torch.full((rows, 1), 100)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
+        with Timer() as t, torch.inference_mode():
             for step in range(steps):
                 pos = torch.full((rows, 1), context + step)
                 out = model(input_ids=token, position_ids=pos, cache=cache, use_cache=True)
                 cache = out.cache
                 token = out.logits[:, -1:].argmax(-1)
-        runs.append(time.perf_counter() - t0)
+        runs.append(t.seconds)
     return median(runs[1:])
 
 
