@@ -24,6 +24,7 @@ from synth_disco.engines.base import (
     ScoreRequest,
     capabilities_of,
 )
+from synth_disco.engines.chat_tokens import encode_chats
 from synth_disco.engines.hf import TransformersEngine
 from synth_disco.engines.hf.cache_room import with_room
 from synth_disco.engines.hf.load import cpu_batch_tokens
@@ -261,7 +262,9 @@ def test_prefix_reuse_across_turns_keeps_texts(tiny_path: Path) -> None:
     cached = cpu_engine(tiny_path)
     fresh = cpu_engine(tiny_path, prefix_cache_mb=0)
     histories: list[list[str]] = [[] for _ in range(6)]
+    before: dict[str, int] = {}
     for turn in range(3):
+        before = cached.prefix_stats()
         reqs = []
         for d, history in enumerate(histories):
             transcript = "\n".join(history)
@@ -276,7 +279,9 @@ def test_prefix_reuse_across_turns_keeps_texts(tiny_path: Path) -> None:
         for history, text in zip(histories, got, strict=True):
             history.append(text)
     stats = cached.prefix_stats()
-    assert stats["hit_tokens"] > stats["miss_tokens"] > 0 and stats["entries"] > 0
+    # By the third turn most of each prompt is the stored thread so far.
+    hits, misses = (stats[k] - before[k] for k in ("hit_tokens", "miss_tokens"))
+    assert hits > misses > 0 and stats["entries"] > 0
     assert fresh.prefix_stats()["hit_tokens"] == 0
 
 
@@ -353,6 +358,40 @@ def test_default_prefix_store_grows_to_hold_every_prompt_of_a_call(tiny_path: Pa
     assert fixed._prefill.store.budget_bytes == int(0.01 * 2**20)
 
 
+def test_a_call_of_many_batches_reuses_every_prompts_prefix(tiny_path: Path) -> None:
+    # A call's first batches add their prompts to the store and so evict entries; without
+    # looking every prompt up before the call starts, those were the very prefixes its last
+    # batches were to reuse (a fifth of them in a 1,280-prompt structure cycle).
+    eng = cpu_engine(tiny_path, max_batch_size=4)
+    first = [ChatRequest(f"a{i}", chat(i, words=30), seed=i, params=GREEDY) for i in range(12)]
+    replies = eng.generate(first)
+    second = [
+        ChatRequest(
+            f"b{i}",
+            [*r.messages[:-1], {"role": "user", "content": r.messages[-1]["content"] + " More?"}],
+            seed=i,
+            params=GREEDY,
+        )
+        for i, r in enumerate(first)
+    ]
+    eng._prefill.store.budget_bytes = 0  # as tight as it gets: sized by this call alone
+    hits = eng._prefill.store.hit_tokens
+    got = eng.generate(second)
+
+    def shared(a: list[int], b: list[int]) -> int:
+        return next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+
+    ids = [
+        (eng.lm.encode(a.messages), eng.lm.encode(b.messages))
+        for a, b in zip(first, second, strict=True)
+    ]
+    assert eng._prefill.store.hit_tokens - hits == sum(shared(a[:-1], b[:-1]) for a, b in ids)
+    assert [c.text for c in got] == alone(cpu_engine(tiny_path, prefix_cache_mb=0), second)
+    assert len(replies) == 12
+
+
 def test_generation_cache_has_room_and_decodes_in_place(engine: TransformersEngine) -> None:
     lm = engine.lm
     ids = torch.tensor([lm.encode(chat(3))])
@@ -381,6 +420,28 @@ def test_cpu_batches_are_bounded_by_the_machines_memory(tiny_path: Path) -> None
     kv_30_layers = 30 * 3 * 64 * 2 * 4  # a SmolLM2-135M token in float32
     assert cpu_batch_tokens(kv_30_layers) * kv_30_layers <= 0.25 * memory
     assert cpu_engine(tiny_path, max_batch_tokens=500)._batcher.max_batch_tokens == 500
+
+
+def test_prompts_tokenised_together_match_one_at_a_time(engine: TransformersEngine) -> None:
+    chats = [chat(i, words=5 + 7 * i) for i in range(5)]
+    want = [engine.lm.encode(c) for c in chats]
+    assert engine.lm.encode_many(chats) == want
+    # A tokenizer whose Python side changes the backend's ids (as a prefix space would) is
+    # caught by the probe: the plain call is used.
+    tok = engine.lm.tokenizer
+
+    class Shifted:
+        backend_tokenizer = tok.backend_tokenizer
+        apply_chat_template = tok.apply_chat_template
+
+        def __call__(self, texts, add_special_tokens=False):
+            ids = tok(texts, add_special_tokens=add_special_tokens)["input_ids"]
+            single = isinstance(texts, str)
+            rows = [ids] if single else ids
+            out = [[1, *r] for r in rows]
+            return {"input_ids": out[0] if single else out}
+
+    assert encode_chats(Shifted(), chats) == [[1, *w] for w in want]
 
 
 def test_prefix_store_finds_longest_prefix_and_respects_budget() -> None:

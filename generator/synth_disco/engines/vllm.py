@@ -56,6 +56,7 @@ from synth_disco.engines.base import (
     LabelScores,
     ScoreRequest,
 )
+from synth_disco.engines.chat_tokens import encode_chats
 from synth_disco.engines.common import Batcher, all_done, error_completion, error_scores, short
 from synth_disco.engines.registry import ENGINES
 from synth_disco.engines.sampling import check_params
@@ -369,22 +370,9 @@ class VLLMEngine:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode_many(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | None]:
-        """:meth:`_encode` of many prompts with one tokenizer call; None where the chat
-        template fails (the caller encodes that one alone to report why)."""
-        texts: dict[int, str] = {}
-        for i, messages in enumerate(conversations):
-            try:
-                texts[i] = self._tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False
-                )
-            except Exception:
-                continue
-        out: list[list[int] | None] = [None] * len(conversations)
-        if texts:
-            rows = self._tokenizer(list(texts.values()), add_special_tokens=False)["input_ids"]
-            for i, row in zip(texts, rows, strict=True):
-                out[i] = list(row)
-        return out
+        """:meth:`_encode` of many prompts at once; None where the chat template fails (the
+        caller encodes that one alone to report why)."""
+        return encode_chats(self._tokenizer, conversations)
 
     def _label_tokens(self, label: str) -> list[int]:
         ids = self._label_ids.get(label)

@@ -43,7 +43,7 @@ from synth_disco.engines.base import ChatRequest, Completion
 from synth_disco.engines.common import Batcher, all_done, error_completion, short
 from synth_disco.engines.hf.cache_room import with_room
 from synth_disco.engines.hf.load import LoadedModel
-from synth_disco.engines.hf.prefill import Prefiller
+from synth_disco.engines.hf.prefill import Hit, Prefiller
 from synth_disco.engines.hf.sampler import SeededSampler
 from synth_disco.engines.sampling import check_params
 
@@ -57,6 +57,8 @@ class GenItem:
     index: int
     request: ChatRequest
     ids: list[int]
+    # The prompt's stored prefix as the call found it (``Prefiller.expect``).
+    pinned: Hit = (0, None)
 
 
 class Generator:
@@ -95,7 +97,9 @@ class Generator:
             key = (p.max_new_tokens, float(p.repetition_penalty), tuple(p.stop))
             groups.setdefault(key, []).append(GenItem(i, req, ids))
 
-        self.prefiller.expect(sum(len(it.ids) for items in groups.values() for it in items))
+        every = [it for items in groups.values() for it in items]
+        for it, hit in zip(every, self.prefiller.expect([it.ids for it in every]), strict=True):
+            it.pinned = hit
         for (max_new, penalty, stop), items in groups.items():
             items.sort(key=lambda it: (len(it.ids), it.index))
 
@@ -141,7 +145,11 @@ class Generator:
         stopping = self._stopping(stop) if stop else None
         criteria = StoppingCriteriaList([stopping] if stopping is not None else [])
         with torch.inference_mode():
-            cache = self.prefiller.prefill([it.ids for it in items], prompt_len)
+            cache = self.prefiller.prefill(
+                [it.ids for it in items], prompt_len, pinned=[it.pinned for it in items]
+            )
+            for it in items:  # used: let evicted states go (a retry looks them up again)
+                it.pinned = (0, None)
             if cache is not None:
                 cache = with_room(cache, max_new_tokens + 1)
             out = lm.model.generate(

@@ -20,6 +20,9 @@ from synth_disco.engines.common import is_oom, short
 from synth_disco.engines.hf.load import LoadedModel, device_memory
 from synth_disco.engines.hf.prefix_cache import LayerKV, PrefixStore
 
+# A stored prefix found for a prompt: its length and its KV states (0, None: nothing found).
+Hit = tuple[int, LayerKV | None]
+
 log = logging.getLogger(__name__)
 
 # An automatic prefix store starts with room for 64 prompts of 1,024 tokens and grows to hold
@@ -77,24 +80,41 @@ class Prefiller:
             "bytes": p.nbytes,
         }
 
-    def expect(self, prompt_tokens: int) -> None:
-        """Make room for the prompts of one ``generate`` call (``prompt_tokens`` in all).
+    def expect(self, seqs: list[list[int]]) -> list[Hit]:
+        """Get ready for the prompts of one ``generate`` call: make room for them, and find
+        each one's stored prefix now, before the call's own batches start adding theirs.
 
         A call hands over every pending turn at once (one per discussion, or every agent of
         every structure in flight), and the next call's prompts extend these: the store must
         hold all of them, or least-recently-used eviction throws away exactly the prefixes
         the next call needs. An automatic budget grows to fit, up to ``auto_cap``; a
-        configured ``prefix_cache_mb`` is kept as it is."""
-        if self.auto and self.store is not None:
-            need = prompt_tokens * self.lm.kv_bytes_per_token
-            self.store.budget_bytes = min(self.auto_cap, max(self.store.budget_bytes, need))
+        configured ``prefix_cache_mb`` is kept as it is.
+
+        The prefixes are looked up here, for the whole call, because the call's first batches
+        add their prompts to the store and so evict older entries: the very ones its last
+        batches were going to reuse (a fifth of the prefixes of a 1,280-prompt call was lost
+        that way). The hits returned hold their states even if the entries are evicted; pass
+        each to :meth:`prefill` with its prompt (``pinned``)."""
+        store = self.store
+        if store is None or not self.fast:
+            return [(0, None)] * len(seqs)
+        if self.auto:
+            need = sum(len(s) for s in seqs) * self.lm.kv_bytes_per_token
+            store.budget_bytes = min(self.auto_cap, max(store.budget_bytes, need))
+        return [store.lookup(s[:-1], count=False) if len(s) > 1 else (0, None) for s in seqs]
 
     def forget(self) -> None:
         """Empty the prefix store (frees its memory, e.g. after running out of it)."""
         if self.store is not None:
             self.store.clear()
 
-    def prefill(self, seqs: list[list[int]], width: int, keep: bool = True) -> DynamicCache | None:
+    def prefill(
+        self,
+        seqs: list[list[int]],
+        width: int,
+        keep: bool = True,
+        pinned: list[Hit] | None = None,
+    ) -> DynamicCache | None:
         """KV cache of every prompt but its last token, laid out as left padding would.
 
         Two savings over letting ``generate`` prefill a left-padded batch:
@@ -110,7 +130,9 @@ class Prefiller:
         prompt token itself. Only for models with a plain full-attention cache; otherwise (or
         for a batch with neither padding nor a store) None, and ``generate`` prefills as usual.
         On a CPU the rows run in groups (:meth:`_groups`) to bound peak memory.
-        ``keep=False`` leaves these prompts out of the prefix store.
+        ``keep=False`` leaves these prompts out of the prefix store. ``pinned``: each prompt's
+        prefix as :meth:`expect` found it; a longer one stored since (by an earlier batch of
+        the same call) is taken instead.
         """
         need = [len(s) - 1 for s in seqs]
         store = self.store
@@ -118,7 +140,13 @@ class Prefiller:
             return None
         if store is None and min(need) == max(need):
             return None
-        hits = [store.lookup(s[:-1]) for s in seqs] if store else [(0, None)] * len(seqs)
+        hits: list[Hit] = [(0, None)] * len(seqs)
+        if store is not None:
+            hits = [store.lookup(s[:-1], count=False) for s in seqs]
+            if pinned is not None:
+                hits = [p if p[0] > h[0] else h for h, p in zip(hits, pinned, strict=True)]
+            for (c, _), n in zip(hits, need, strict=True):
+                store.tally(c, n)
         try:
             cache = self._groups(seqs, need, hits, width - 1)
         except Exception as exc:

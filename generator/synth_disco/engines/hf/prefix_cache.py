@@ -81,17 +81,27 @@ class PrefixStore:
         diff = np.flatnonzero(stored[:n] != tokens[:n])
         return key, int(diff[0]) if diff.size else n
 
-    def lookup(self, ids: Sequence[int]) -> tuple[int, LayerKV | None]:
-        """The longest stored prefix of ``ids``: (its length, its KV) or (0, None)."""
+    def lookup(self, ids: Sequence[int], count: bool = True) -> tuple[int, LayerKV | None]:
+        """The longest stored prefix of ``ids``: (its length, its KV) or (0, None).
+
+        The KV returned are views that stay valid after the entry is evicted. ``count=False``
+        leaves the hit/miss counters alone (for a caller that counts what it uses, ``tally``).
+        """
         tokens = np.asarray(ids, dtype=np.int64)
         key, common = self._longest(tokens, _block_hashes(ids))
         if key is None or common < self.min_tokens:
-            self.miss_tokens += len(tokens)
+            if count:
+                self.tally(0, len(tokens))
             return 0, None
         self._entries.move_to_end(key)
-        self.hit_tokens += common
-        self.miss_tokens += len(tokens) - common
+        if count:
+            self.tally(common, len(tokens))
         return common, [(k[:, :common], v[:, :common]) for k, v in self._entries[key].kv]
+
+    def tally(self, hit: int, total: int) -> None:
+        """Count a prompt of ``total`` tokens of which ``hit`` came from the store."""
+        self.hit_tokens += hit
+        self.miss_tokens += total - hit
 
     def add(self, ids: Sequence[int], kv: LayerKV) -> None:
         """Keep the KV of ``ids`` (tensors the store may own); evict least recently used."""
