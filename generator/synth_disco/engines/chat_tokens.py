@@ -38,10 +38,10 @@ def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     computes and converts to Python (``encode_batch_fast``: a third less time for a call's
     prompts). A tokenizer whose Python side adds to the backend's work (a prefix space, say)
     would give other ids, so the first text is encoded both ways and the plain call is used
-    unless they agree."""
+    unless they agree (a single text takes the plain call)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     fast = getattr(backend, "encode_batch_fast", None)
-    if fast is not None and texts:
+    if fast is not None and len(texts) > 1:
         plain = list(tokenizer(texts[0], add_special_tokens=False)["input_ids"])
         rows = [e.ids for e in fast(texts, add_special_tokens=False)]
         if rows[0] == plain:

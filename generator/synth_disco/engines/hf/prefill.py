@@ -131,8 +131,8 @@ class Prefiller:
         for a batch with neither padding nor a store) None, and ``generate`` prefills as usual.
         On a CPU the rows run in groups (:meth:`_groups`) to bound peak memory.
         ``keep=False`` leaves these prompts out of the prefix store. ``pinned``: each prompt's
-        prefix as :meth:`expect` found it; a longer one stored since (by an earlier batch of
-        the same call) is taken instead.
+        prefix as :meth:`expect` found it; one that found none is looked up again (an earlier
+        batch of the same call may have stored it since).
         """
         need = [len(s) - 1 for s in seqs]
         store = self.store
@@ -142,9 +142,13 @@ class Prefiller:
             return None
         hits: list[Hit] = [(0, None)] * len(seqs)
         if store is not None:
-            hits = [store.lookup(s[:-1], count=False) for s in seqs]
-            if pinned is not None:
-                hits = [p if p[0] > h[0] else h for h, p in zip(hits, pinned, strict=True)]
+            if pinned is None:
+                hits = [store.lookup(s[:-1], count=False) for s in seqs]
+            else:  # a prompt found nothing before the call: an earlier batch may have added it
+                hits = [
+                    p if p[0] else store.lookup(s[:-1], count=False)
+                    for s, p in zip(seqs, pinned, strict=True)
+                ]
             for (c, _), n in zip(hits, need, strict=True):
                 store.tally(c, n)
         try:
