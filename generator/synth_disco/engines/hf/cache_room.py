@@ -20,17 +20,15 @@ class RoomyLayer(DynamicLayer):
     """A ``DynamicLayer`` whose states are views of a buffer with room for more tokens;
     once the room is used up (or the batch changes shape) it grows by concatenation again."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int) -> None:
+        """``keys``/``values``: the buffers, whose first ``n`` slots (dimension -2) hold
+        states."""
         super().__init__()
         self.device = keys.device
         self.is_initialized = True
-        n = keys.shape[-2]
-        self._keys = keys.new_empty((*keys.shape[:-2], n + room, keys.shape[-1]))
-        self._values = values.new_empty((*values.shape[:-2], n + room, values.shape[-1]))
-        self._keys[..., :n, :] = keys
-        self._values[..., :n, :] = values
-        self.keys = self._keys[..., :n, :]
-        self.values = self._values[..., :n, :]
+        self._keys, self._values = keys, values
+        self.keys = keys[..., :n, :]
+        self.values = values[..., :n, :]
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
@@ -46,7 +44,30 @@ class RoomyLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def stacked_with_room(parts: list[DynamicCache], room: int) -> DynamicCache:
+    """The caches ``parts`` (consecutive rows of one batch, all as long) as one cache with room
+    for ``room`` more tokens per row: each state is copied once, straight into its place."""
+    first = parts[0].layers
+    rows = sum(p.layers[0].keys.shape[0] for p in parts)
+    n = first[0].keys.shape[-2]
+    cache = DynamicCache()
+    layers = []
+    for i, layer in enumerate(first):
+        k, v = layer.keys, layer.values
+        keys = k.new_empty((rows, *k.shape[1:-2], n + room, k.shape[-1]))
+        values = v.new_empty((rows, *v.shape[1:-2], n + room, v.shape[-1]))
+        start = 0
+        for part in parts:
+            src = part.layers[i]
+            stop = start + src.keys.shape[0]
+            keys[start:stop, ..., :n, :] = src.keys
+            values[start:stop, ..., :n, :] = src.values
+            start = stop
+        layers.append(RoomyLayer(keys, values, n))
+    cache.layers = layers
+    return cache
+
+
 def with_room(cache: DynamicCache, room: int) -> DynamicCache:
     """``cache`` (plain full-attention layers) with room for ``room`` more tokens per row."""
-    cache.layers = [RoomyLayer(layer.keys, layer.values, room) for layer in cache.layers]
-    return cache
+    return stacked_with_room([cache], room)

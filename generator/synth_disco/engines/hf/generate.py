@@ -41,7 +41,6 @@ from transformers import (
 
 from synth_disco.engines.base import ChatRequest, Completion
 from synth_disco.engines.common import Batcher, all_done, error_completion, short
-from synth_disco.engines.hf.cache_room import with_room
 from synth_disco.engines.hf.load import LoadedModel
 from synth_disco.engines.hf.prefill import Hit, Prefiller
 from synth_disco.engines.hf.sampler import SeededSampler
@@ -145,13 +144,15 @@ class Generator:
         stopping = self._stopping(stop) if stop else None
         criteria = StoppingCriteriaList([stopping] if stopping is not None else [])
         with torch.inference_mode():
+            # Room for the last prompt token (generate runs it) and the new tokens.
             cache = self.prefiller.prefill(
-                [it.ids for it in items], prompt_len, pinned=[it.pinned for it in items]
+                [it.ids for it in items],
+                prompt_len,
+                pinned=[it.pinned for it in items],
+                room=max_new_tokens + 1,
             )
             for it in items:  # used: let evicted states go (a retry looks them up again)
                 it.pinned = (0, None)
-            if cache is not None:
-                cache = with_room(cache, max_new_tokens + 1)
             out = lm.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,

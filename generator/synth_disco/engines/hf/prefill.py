@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from synth_disco.engines.common import is_oom, short
+from synth_disco.engines.hf.cache_room import stacked_with_room
 from synth_disco.engines.hf.load import LoadedModel, device_memory
 from synth_disco.engines.hf.prefix_cache import LayerKV, PrefixStore
 
@@ -114,6 +115,7 @@ class Prefiller:
         width: int,
         keep: bool = True,
         pinned: list[Hit] | None = None,
+        room: int = 0,
     ) -> DynamicCache | None:
         """KV cache of every prompt but its last token, laid out as left padding would.
 
@@ -132,7 +134,9 @@ class Prefiller:
         On a CPU the rows run in groups (:meth:`_groups`) to bound peak memory.
         ``keep=False`` leaves these prompts out of the prefix store. ``pinned``: each prompt's
         prefix as :meth:`expect` found it; one that found none is looked up again (an earlier
-        batch of the same call may have stored it since).
+        batch of the same call may have stored it since). ``room``: slots to leave after each
+        row for the tokens ``generate`` will add (decoding then writes in place,
+        :mod:`~synth_disco.engines.hf.cache_room`).
         """
         need = [len(s) - 1 for s in seqs]
         store = self.store
@@ -152,7 +156,7 @@ class Prefiller:
             for (c, _), n in zip(hits, need, strict=True):
                 store.tally(c, n)
         try:
-            cache = self._groups(seqs, need, hits, width - 1)
+            cache = self._groups(seqs, need, hits, width - 1, room)
         except Exception as exc:
             if is_oom(exc):
                 raise
@@ -172,12 +176,14 @@ class Prefiller:
         need: list[int],
         hits: list[tuple[int, Any]],
         width: int,
+        room: int,
     ) -> DynamicCache:
         """:meth:`_rows` on groups of rows small enough for ``prefill_limits``: the tokens of
         one forward pass (activations take a few KiB per token) and the attention mask of a
         masked prefill (rows x new tokens x all tokens, which SDPA expands to float32). The
-        groups' caches are then stacked back into one. Bounding these is what keeps the peak
-        memory of a batched turn on a CPU near that of one request."""
+        groups' caches are then copied into one, with ``room`` free slots after each row.
+        Bounding these is what keeps the peak memory of a batched turn on a CPU near that of
+        one request."""
         groups: list[list[int]] = [[]]
         limits = self.lm.prefill_limits
         for row in range(len(seqs)):
@@ -190,18 +196,13 @@ class Prefiller:
                     groups.append([row])
                     continue
             groups[-1] = group
-        if len(groups) == 1:
+        if len(groups) == 1 and not room:
             return self._rows(seqs, need, hits, width)
         parts = [
             self._rows([seqs[r] for r in g], [need[r] for r in g], [hits[r] for r in g], width)
             for g in groups
         ]
-        cache = DynamicCache()
-        for layer in range(len(parts[0].layers)):
-            keys = torch.cat([p.layers[layer].keys for p in parts])
-            values = torch.cat([p.layers[layer].values for p in parts])
-            cache.update(keys, values, layer)
-        return cache
+        return stacked_with_room(parts, room)
 
     def _rows(
         self,
