@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -172,7 +173,7 @@ class Prompt:
     system: str
     templates: tuple[tuple[str, str], ...]  # (name, Jinja source)
 
-    @property
+    @cached_property  # every response of an agent asks for it
     def id(self) -> str:
         data = json.dumps([self.role, self.system, self.templates], ensure_ascii=False)
         return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]

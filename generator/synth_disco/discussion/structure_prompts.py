@@ -195,7 +195,7 @@ def _sources(templates: dict[str, str], *names: str) -> tuple[tuple[str, str], .
 def agent_messages(
     templates: dict[str, str],
     *,
-    context: str,
+    system: str,
     agent: dict[str, Any],
     task: str,
     shown: Sequence[Shown],
@@ -203,7 +203,8 @@ def agent_messages(
     cycle: int,
     cycles: int,
 ) -> list[dict[str, str]]:
-    """The chat messages of one agent's answer."""
+    """The chat messages of one agent's answer; ``system`` is its :func:`agent_system`
+    message, the same in every cycle (rendered once per agent by the caller)."""
     previous = render_combination(
         templates["combination"],
         shown,
@@ -212,7 +213,6 @@ def agent_messages(
         structure=structure,
         cycles=cycles,
     )
-    system = agent_system(templates, context=context, agent=agent, structure=structure)
     user = render(
         templates["agent_turn"],
         task=task,

@@ -265,7 +265,7 @@ class StructureState:
             assert p.slot is not None and p.cycle is not None
             messages = agent_messages(
                 self._templates,
-                context=_text(self.cfg.context),
+                system=self._made_from(p.slot).system,
                 agent=self._agent_vars(p.slot),
                 task=self.task,
                 shown=p.shown,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -232,9 +233,10 @@ class Prefiller:
         for layer, (keys, values) in enumerate(prefix):
             cache.update(keys, values, layer)
         if u_max:
-            ids = torch.full((len(seqs), u_max), lm.pad_id, dtype=torch.long)
+            rows = np.full((len(seqs), u_max), lm.pad_id, dtype=np.int64)
             for row, (s, c, n) in enumerate(zip(seqs, cached, need, strict=True)):
-                ids[row, : n - c] = torch.tensor(s[c:n], dtype=torch.long)
+                rows[row, : n - c] = s[c:n]
+            ids = torch.from_numpy(rows)
             kwargs: dict[str, Any] = {}
             if c_max:
                 # Stored prefixes end at different lengths: mask the gap after each, and
