@@ -392,6 +392,18 @@ def test_a_call_of_many_batches_reuses_every_prompts_prefix(tiny_path: Path) -> 
     assert len(replies) == 12
 
 
+def test_a_prompt_no_later_request_extends_is_not_stored(tiny_path: Path) -> None:
+    # keep_prefix=False (the last cycle of a structure) spares the store, not the text.
+    eng = cpu_engine(tiny_path, max_batch_size=2)
+    reqs = [
+        ChatRequest(f"k{i}", chat(i, words=30), seed=i, params=GREEDY, keep_prefix=i % 2 == 0)
+        for i in range(6)
+    ]
+    got = eng.generate(reqs)
+    assert eng.prefix_stats()["entries"] == 3
+    assert [c.text for c in got] == alone(cpu_engine(tiny_path, prefix_cache_mb=0), reqs)
+
+
 def test_generation_cache_has_room_and_decodes_in_place(engine: TransformersEngine) -> None:
     lm = engine.lm
     ids = torch.tensor([lm.encode(chat(3))])

@@ -155,6 +155,17 @@ def test_ensemble_answers_a_cycle_in_one_call_and_sees_earlier_cycles_only(tmp_p
     assert all(r["parent_ids"] == [comments[0]["comment_id"]] for r in first)  # the task
 
 
+@pytest.mark.parametrize("kind", ["ensemble", "debate"])
+def test_only_prompts_a_later_cycle_extends_are_kept_for_reuse(tmp_path, tiny, kind):
+    # An agent's next cycle starts with the prompt of its answer in this one; nothing starts
+    # with a last-cycle prompt, so the engine is told not to keep those (ChatRequest).
+    spec = structure_spec(kind, n=2, cycles=3)
+    _, _, recording = run(tmp_path, [spec], tiny)
+    assert len(recording.requests) == 6
+    for rid, request in recording.requests.items():
+        assert request.keep_prefix == ("/c3s" not in rid), rid
+
+
 def test_debate_marks_own_and_other_responses(tmp_path, tiny):
     spec = structure_spec("debate", n=2, cycles=3)
     comments, _, recording = run(tmp_path, [spec], tiny)

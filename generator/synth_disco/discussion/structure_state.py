@@ -276,7 +276,10 @@ class StructureState:
         attempt = self.attempts.get(p.key, 0)
         seed = derive_seed(self.spec.seed, p.key, attempt, self.round)
         rid = f"{self.spec.discussion_id}/{p.key}/{self.round}.{attempt}"
-        return ChatRequest(rid, messages, seed, sampling_params_from(self._model_for(p)))
+        # Only an agent's next cycle starts with the prompt of its answer in this one.
+        later = p.cycle is not None and p.cycle < structure.cycles
+        params = sampling_params_from(self._model_for(p))
+        return ChatRequest(rid, messages, seed, params, keep_prefix=later)
 
     # -- applying answers ----------------------------------------------------------------------
     def apply_all(self, completions: list[Completion]) -> list[dict[str, Any]]:

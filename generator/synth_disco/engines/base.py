@@ -106,12 +106,19 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion to make. ``messages`` are ``{"role", "content"}`` dicts."""
+    """One chat completion to make. ``messages`` are ``{"role", "content"}`` dicts.
+
+    ``keep_prefix`` says whether a later request may begin with this prompt (the same agent's
+    next cycle, the same speaker's next turn). False is a hint for an engine that keeps prompt
+    states for reuse: keeping these would only evict states a later request will use. It never
+    changes what is generated.
+    """
 
     id: str
     messages: list[dict[str, str]]
     seed: int
     params: SamplingParams = field(default_factory=SamplingParams)
+    keep_prefix: bool = True
 
 
 @dataclass(frozen=True)

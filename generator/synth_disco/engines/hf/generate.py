@@ -97,7 +97,10 @@ class Generator:
             groups.setdefault(key, []).append(GenItem(i, req, ids))
 
         every = [it for items in groups.values() for it in items]
-        for it, hit in zip(every, self.prefiller.expect([it.ids for it in every]), strict=True):
+        found = self.prefiller.expect(
+            [it.ids for it in every], [it.request.keep_prefix for it in every]
+        )
+        for it, hit in zip(every, found, strict=True):
             it.pinned = hit
         for (max_new, penalty, stop), items in groups.items():
             items.sort(key=lambda it: (len(it.ids), it.index))
@@ -148,6 +151,7 @@ class Generator:
             cache = self.prefiller.prefill(
                 [it.ids for it in items],
                 prompt_len,
+                keep=[it.request.keep_prefix for it in items],
                 pinned=[it.pinned for it in items],
                 room=max_new_tokens + 1,
             )

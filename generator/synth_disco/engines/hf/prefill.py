@@ -10,6 +10,7 @@ left-padded layout ``generate`` expects.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,7 @@ class Prefiller:
             "bytes": p.nbytes,
         }
 
-    def expect(self, seqs: list[list[int]]) -> list[Hit]:
+    def expect(self, seqs: list[list[int]], keep: Sequence[bool] | None = None) -> list[Hit]:
         """Get ready for the prompts of one ``generate`` call: make room for them, and find
         each one's stored prefix now, before the call's own batches start adding theirs.
 
@@ -90,7 +91,8 @@ class Prefiller:
         every structure in flight), and the next call's prompts extend these: the store must
         hold all of them, or least-recently-used eviction throws away exactly the prefixes
         the next call needs. An automatic budget grows to fit, up to ``auto_cap``; a
-        configured ``prefix_cache_mb`` is kept as it is.
+        configured ``prefix_cache_mb`` is kept as it is. ``keep``: per prompt, whether it
+        will be stored (``ChatRequest.keep_prefix``); prompts that will not need no room.
 
         The prefixes are looked up here, for the whole call, because the call's first batches
         add their prompts to the store and so evict older entries: the very ones its last
@@ -101,7 +103,8 @@ class Prefiller:
         if store is None or not self.fast:
             return [(0, None)] * len(seqs)
         if self.auto:
-            need = sum(len(s) for s in seqs) * self.lm.kv_bytes_per_token
+            kept = seqs if keep is None else [s for s, k in zip(seqs, keep, strict=True) if k]
+            need = sum(len(s) for s in kept) * self.lm.kv_bytes_per_token
             store.budget_bytes = min(self.auto_cap, max(store.budget_bytes, need))
         return [store.lookup(s[:-1], count=False) if len(s) > 1 else (0, None) for s in seqs]
 
@@ -114,7 +117,7 @@ class Prefiller:
         self,
         seqs: list[list[int]],
         width: int,
-        keep: bool = True,
+        keep: bool | Sequence[bool] = True,
         pinned: list[Hit] | None = None,
         room: int = 0,
     ) -> DynamicCache | None:
@@ -133,7 +136,8 @@ class Prefiller:
         prompt token itself. Only for models with a plain full-attention cache; otherwise (or
         for a batch with neither padding nor a store) None, and ``generate`` prefills as usual.
         On a CPU the rows run in groups (:meth:`_groups`) to bound peak memory.
-        ``keep=False`` leaves these prompts out of the prefix store. ``pinned``: each prompt's
+        ``keep=False`` leaves these prompts out of the prefix store (one bool per prompt: those
+        that are False). ``pinned``: each prompt's
         prefix as :meth:`expect` found it; one that found none is looked up again (an earlier
         batch of the same call may have stored it since). ``room``: slots to leave after each
         row for the tokens ``generate`` will add (decoding then writes in place,
@@ -166,9 +170,11 @@ class Prefiller:
                 store.clear()
             log.info("own prefill unavailable for this model (%s)", short(exc))
             return None
-        if store is not None and keep:
-            for row, (s, n) in enumerate(zip(seqs, need, strict=True)):
-                store.add(s[:-1], row_kv(cache, row, width - 1 - n, width - 1))
+        if store is not None:
+            keeps = [keep] * len(seqs) if isinstance(keep, bool) else keep
+            for row, (s, n, k) in enumerate(zip(seqs, need, keeps, strict=True)):
+                if k:
+                    store.add(s[:-1], row_kv(cache, row, width - 1 - n, width - 1))
         return cache
 
     def _groups(
