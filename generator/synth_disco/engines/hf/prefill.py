@@ -136,12 +136,11 @@ class Prefiller:
         prompt token itself. Only for models with a plain full-attention cache; otherwise (or
         for a batch with neither padding nor a store) None, and ``generate`` prefills as usual.
         On a CPU the rows run in groups (:meth:`_groups`) to bound peak memory.
-        ``keep=False`` leaves these prompts out of the prefix store (one bool per prompt: those
-        that are False). ``pinned``: each prompt's
-        prefix as :meth:`expect` found it; one that found none is looked up again (an earlier
-        batch of the same call may have stored it since). ``room``: slots to leave after each
-        row for the tokens ``generate`` will add (decoding then writes in place,
-        :mod:`~synth_disco.engines.hf.cache_room`).
+        ``keep=False`` leaves these prompts out of the prefix store (or one bool per prompt:
+        those that are False). ``pinned``: each prompt's prefix as :meth:`expect` found it;
+        one that found none is looked up again (an earlier batch of the same call may have
+        stored it since). ``room``: slots to leave after each row for the tokens ``generate``
+        will add (decoding then writes in place, :mod:`~synth_disco.engines.hf.cache_room`).
         """
         need = [len(s) - 1 for s in seqs]
         store = self.store
