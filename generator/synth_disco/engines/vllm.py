@@ -56,7 +56,7 @@ from synth_disco.engines.base import (
     LabelScores,
     ScoreRequest,
 )
-from synth_disco.engines.chat_tokens import encode_chats
+from synth_disco.engines.chat_tokens import encode_chat, encode_chats
 from synth_disco.engines.common import Batcher, all_done, error_completion, error_scores, short
 from synth_disco.engines.registry import ENGINES
 from synth_disco.engines.sampling import check_params
@@ -364,10 +364,7 @@ class VLLMEngine:
     # ------------------------------------------------------------------ helpers
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return encode_chat(self._tokenizer, messages)
 
     def _encode_many(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | None]:
         """:meth:`_encode` of many prompts at once; None where the chat template fails (the

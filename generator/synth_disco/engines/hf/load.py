@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from synth_disco.engines import builtin
 from synth_disco.engines.base import EngineConfig, EngineLoadError
-from synth_disco.engines.chat_tokens import encode_chats
+from synth_disco.engines.chat_tokens import encode_chat, encode_chats
 from synth_disco.engines.common import short
 from synth_disco.engines.hf.dtype import checkpoint_dtype, choose_dtype, cpu_flags
 
@@ -79,10 +79,7 @@ class LoadedModel:
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` as templated for generation."""
-        text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_chat(self.tokenizer, messages)
 
     def encode_many(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | None]:
         """:meth:`encode` of many prompts at once (:func:`~synth_disco.engines.chat_tokens.
