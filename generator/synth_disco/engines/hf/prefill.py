@@ -92,7 +92,8 @@ class Prefiller:
         hold all of them, or least-recently-used eviction throws away exactly the prefixes
         the next call needs. An automatic budget grows to fit, up to ``auto_cap``; a
         configured ``prefix_cache_mb`` is kept as it is. ``keep``: per prompt, whether it
-        will be stored (``ChatRequest.keep_prefix``); prompts that will not need no room.
+        will be stored (``ChatRequest.keep_prefix``); those that will not be stored need no
+        room.
 
         The prefixes are looked up here, for the whole call, because the call's first batches
         add their prompts to the store and so evict older entries: the very ones its last
@@ -180,7 +181,7 @@ class Prefiller:
         self,
         seqs: list[list[int]],
         need: list[int],
-        hits: list[tuple[int, Any]],
+        hits: list[Hit],
         width: int,
         room: int,
     ) -> DynamicCache:
@@ -214,7 +215,7 @@ class Prefiller:
         self,
         seqs: list[list[int]],
         need: list[int],
-        hits: list[tuple[int, Any]],
+        hits: list[Hit],
         width: int,
     ) -> DynamicCache:
         """Compute the uncached part of each row and assemble the left-padded cache."""

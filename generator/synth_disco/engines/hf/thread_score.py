@@ -28,7 +28,7 @@ from synth_disco.engines.base import (
 )
 from synth_disco.engines.common import Batcher, all_done, error_scores, is_oom, short
 from synth_disco.engines.hf.load import LoadedModel
-from synth_disco.engines.hf.prefill import Prefiller, row_kv
+from synth_disco.engines.hf.prefill import Hit, Prefiller, row_kv
 from synth_disco.engines.hf.score import LabelScorer
 from synth_disco.engines.hf.thread_pack import PackedThread, pack
 
@@ -269,7 +269,7 @@ class ThreadScorer:
         dev = self.lm.device
         store = self.prefiller.store if self.prefiller.fast else None
         if store is None:
-            hits: list[tuple[int, Any]] = [(0, None)] * len(threads)
+            hits: list[Hit] = [(0, None)] * len(threads)
         else:
             hits = [store.lookup(t.trunk) for t in threads]
         # A whole trunk in the store still leaves one token to run.
